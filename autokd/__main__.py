@@ -1,0 +1,5 @@
+import sys
+
+from autokd.cli import main
+
+sys.exit(main())

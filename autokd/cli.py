@@ -1,0 +1,139 @@
+"""The `autokd` command line: a thin shell over the library API."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+
+from autokd.errors import AutokdError
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # offline first: nothing downloads at run time
+
+
+def _csv(text: str) -> tuple[str, ...]:
+    return tuple(s.strip() for s in text.split(",") if s.strip())
+
+
+def add_search_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--teacher", default="vit_b", help="alias (vit_b, resnet50, ...), timm name, or pkg.module:factory")
+    p.add_argument("--teacher-weights", help="a local weights file for the teacher (nothing is downloaded)")
+    p.add_argument("--budget", default="1GFLOP", help="MAC budget: 1GFLOP, 500MFLOPs, 1.5G, 300M, 2e9 (1 FLOP = 1 MAC)")
+    p.add_argument("--params-budget", help="optional limit on parameters, e.g. 5M")
+    p.add_argument("--data", help="ImageFolder dir, ImageFolder zip, or CIFAR pickle folder (default: synthetic demo)")
+    p.add_argument("--space", type=_csv, help="search space(s), comma-separated: vit,resnet,mobilenet,cifar_resnet "
+                                             "or a YAML path (default: those that suit the teacher and resolution)")
+    p.add_argument("--trials", type=int, default=100, help="complete trials the study should hold (default 100)")
+    p.add_argument("--timeout", type=float, help="stop after this many seconds")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--sampler", default="evolution", help="evolution (default), nsga2, tpe or random")
+    p.add_argument("--population", type=int, default=50, help="evolution: population size (default 50)")
+    p.add_argument("--tournament", type=int, default=10, help="evolution: tournament size (default 10)")
+    p.add_argument("--storage", help="Optuna storage URL (default sqlite:///OUT/autokd.db); postgresql://... for "
+                                     "many machines")
+    p.add_argument("--study", help="study name (default from teacher, budget, data and spaces); reuse to resume")
+    p.add_argument("--workers", type=int, default=1, help="processes working on the study (default 1)")
+    p.add_argument("--img-size", type=int, help="input resolution (default: the teacher's)")
+    p.add_argument("--batch-size", type=int, help="scoring batch (default 64 at <= 64 px, else 32)")
+    p.add_argument("--proxies", type=_csv, default=("diswot",),
+                   help="scores to compute: diswot,naswot,synflow,grad_norm (params and macs are always recorded)")
+    p.add_argument("--objective", default="diswot", help="the score the search maximises (default diswot)")
+    p.add_argument("--top-k", type=int, default=10, help="leaderboard size (default 10)")
+    p.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:N")
+    p.add_argument("--out", help="folder for leaderboard.csv, top/*.yaml, report.html and the study database")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def cmd_search(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    from autokd.cost import format_macs
+    from autokd.search import SearchConfig, run_search
+
+    config = SearchConfig(
+        teacher=args.teacher, budget=args.budget, params_budget=args.params_budget, data=args.data,
+        spaces=args.space, trials=args.trials, timeout=args.timeout, seed=args.seed, sampler=args.sampler,
+        storage=args.storage, study_name=args.study, workers=args.workers, teacher_weights=args.teacher_weights,
+        img_size=args.img_size, batch_size=args.batch_size, proxies=args.proxies, objective=args.objective,
+        population_size=args.population, tournament_size=args.tournament, device=args.device,
+    )
+    console = Console(stderr=False)
+    result = run_search(config, out=args.out, top_k=args.top_k, progress=not args.quiet)
+    ctx = result.context
+    console.print(
+        f"study [bold]{result.study.study_name}[/] in {result.storage_url}: "
+        f"{len(result.study.trials)} trials, budget {ctx.budget} ({ctx.teacher.img_size} px), "
+        f"{result.seconds:.1f} s"
+    )
+    console.print(leaderboard_table(result.leaderboard, config.objective, format_macs))
+    if result.out:
+        console.print(f"wrote {result.out}/leaderboard.csv, {result.out}/top/*.yaml, {result.out}/report.html")
+    console.print(f"dashboard: autokd dashboard --storage {result.storage_url}")
+    return 0
+
+
+def leaderboard_table(board, objective: str, format_macs):
+    from rich.table import Table
+
+    table = Table(title=f"top {len(board)} by {objective}")
+    extra = [c for c in ("diswot_relation", "diswot_semantic") if c in board.columns and c != objective]
+    for col in ["rank", "trial", "arch", "MACs", "params", objective, *extra]:
+        table.add_column(col, overflow="fold")
+    for row in board.to_dict("records"):
+        table.add_row(
+            str(row["rank"]), str(row["trial"]), row["arch"], format_macs(row["macs"]),
+            f"{row['params'] / 1e6:.2f} M", f"{row[objective]:.4f}", *[f"{row[c]:.4f}" for c in extra],
+        )
+    return table
+
+
+def cmd_dashboard(args: argparse.Namespace) -> int:
+    from autokd.search.study import open_storage
+
+    url = args.storage
+    if url.startswith("sqlite:///") and not Path(url[len("sqlite:///"):]).exists():
+        raise AutokdError(f"no study database at {url[len('sqlite:///'):]}: run `autokd search --out DIR` first")
+    storage = open_storage(url)
+    import optuna_dashboard
+
+    print(f"optuna-dashboard on http://{args.host}:{args.port} for {url} (Ctrl-C to stop)", flush=True)
+    optuna_dashboard.run_server(storage, host=args.host, port=args.port)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="autokd", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    search = sub.add_parser("search", help="rank and evolve students under a MAC budget, no training")
+    add_search_args(search)
+    search.set_defaults(func=cmd_search)
+    dash = sub.add_parser("dashboard", help="open a study in optuna-dashboard")
+    dash.add_argument("--storage", default="sqlite:///autokd.db", help="the study's storage URL")
+    dash.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1: this machine only)")
+    dash.add_argument("--port", type=int, default=8080)
+    dash.set_defaults(func=cmd_dashboard)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="autokd: %(message)s", stream=sys.stderr)
+    for noisy in ("optuna", "timm", "fvcore"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    try:
+        return args.func(args)
+    except AutokdError as err:
+        print(f"autokd: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("autokd: interrupted; run the same command again to resume", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,67 @@
+"""The study's trials as a pandas table, the top-k leaderboard, and the top specs as YAML for `autokd train`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import optuna
+import pandas as pd
+import yaml
+from optuna.trial import TrialState
+
+from autokd.spaces import ArchSpec
+
+BASE_COLUMNS = ["trial", "space", "arch", "macs", "params", "budget_slack", "seed_arch"]
+
+
+def trials_frame(study: optuna.Study) -> pd.DataFrame:
+    """One row per complete trial: the spec, its cost and every score that was recorded."""
+    rows = []
+    for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+        attrs = t.user_attrs
+        spec = ArchSpec.from_dict(attrs["spec"])
+        row = {
+            "trial": t.number,
+            "space": spec.space,
+            "arch": str(spec),
+            "macs": attrs["macs"],
+            "params": attrs["params"],
+            "budget_slack": attrs["budget_slack"],
+            "seed_arch": bool(attrs.get("seed_arch", False)),
+            "spec_json": spec.to_json(),
+        }
+        row.update({k: v for k, v in attrs.items() if isinstance(v, float) and k not in row})
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def leaderboard(study: optuna.Study, objective: str, top_k: int | None = None) -> pd.DataFrame:
+    """Complete trials sorted by `objective` (best first), with a 1-based rank."""
+    frame = trials_frame(study)
+    if frame.empty:
+        return frame
+    frame = frame.sort_values([objective, "trial"], ascending=[False, True], kind="stable").reset_index(drop=True)
+    frame.insert(0, "rank", range(1, len(frame) + 1))
+    return frame if top_k is None else frame.head(top_k)
+
+
+def write_top_specs(board: pd.DataFrame, folder: Path, meta: dict) -> list[Path]:
+    """One YAML per leaderboard row: `folder/<rank>.yaml` with the spec, its cost and scores, and the search meta."""
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for row in board.to_dict("records"):
+        spec = ArchSpec.from_json(row["spec_json"])
+        scores = {k: v for k, v in row.items() if k not in {*BASE_COLUMNS, "rank", "spec_json"}}
+        doc = {
+            "spec": spec.as_dict(),
+            "rank": int(row["rank"]),
+            "trial": int(row["trial"]),
+            "macs": int(row["macs"]),
+            "params": int(row["params"]),
+            "scores": {k: float(v) for k, v in scores.items()},
+            "search": meta,
+        }
+        path = folder / f"{int(row['rank'])}.yaml"
+        path.write_text(yaml.safe_dump(doc, sort_keys=False))
+        paths.append(path)
+    return paths

@@ -1,0 +1,301 @@
+"""The search controller: an Optuna study over architecture genes, scored training-free, under a MAC budget."""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing as mp
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import optuna
+import torch
+from optuna.samplers import NSGAIISampler, TPESampler
+from optuna.study import MaxTrialsCallback
+from optuna.trial import TrialState
+
+from autokd.cost import Budget, format_macs
+from autokd.data import load_data, scoring_batch
+from autokd.errors import AutokdError
+from autokd.proxies import PROXIES, ScoringBatch, teacher_reference
+from autokd.search.codec import SpecCodec
+from autokd.search.evaluate import CandidateEvaluator
+from autokd.search.samplers import BudgetedRandomSampler, RegularizedEvolutionSampler
+from autokd.search.study import find_study, open_storage
+from autokd.spaces import SearchSpace, available_spaces, default_spaces, load_space
+from autokd.teachers import Teacher, resolve_teacher
+
+log = logging.getLogger("autokd")
+
+SAMPLERS = ("evolution", "nsga2", "tpe", "random")
+# Studies are keyed by what makes their scores comparable; resuming with another setting is refused.
+STUDY_KEYS = ("teacher", "budget", "params_budget", "img_size", "spaces", "objective", "seed", "batch_size", "data")
+
+
+@dataclass
+class SearchConfig:
+    """Everything a search needs; plain values, so workers in other processes can rebuild the context."""
+
+    teacher: str = "vit_b"
+    budget: str = "1GFLOP"
+    params_budget: str | None = None
+    data: str | None = None
+    spaces: tuple[str, ...] | None = None
+    trials: int = 100
+    timeout: float | None = None
+    seed: int = 0
+    sampler: str = "evolution"
+    storage: str | None = None
+    study_name: str | None = None
+    workers: int = 1
+    teacher_weights: str | None = None
+    img_size: int | None = None
+    batch_size: int | None = None
+    proxies: tuple[str, ...] = ("diswot",)
+    objective: str = "diswot"
+    population_size: int = 50
+    tournament_size: int = 10
+    device: str = "auto"
+    val_fraction: float = 0.1
+
+    def storage_url(self, out: Path | None) -> str:
+        if self.storage:
+            return self.storage
+        return f"sqlite:///{(out / 'autokd.db') if out else Path('autokd.db')}"
+
+
+@dataclass
+class SearchContext:
+    """The prepared state of one search in one process: teacher reference computed once, spaces loaded."""
+
+    config: SearchConfig
+    budget: Budget
+    teacher: Teacher
+    spaces: dict[str, SearchSpace]
+    evaluator: CandidateEvaluator
+    codec: SpecCodec
+    data_name: str
+    notes: list[str] = field(default_factory=list)
+
+    def study_attrs(self) -> dict:
+        c = self.config
+        return {
+            "teacher": self.teacher.name,
+            "budget": self.budget.macs,
+            "params_budget": self.budget.params,
+            "img_size": self.teacher.img_size,
+            "spaces": sorted(self.spaces),
+            "objective": c.objective,
+            "seed": c.seed,
+            "batch_size": self.evaluator.batch.images.shape[0],
+            "data": self.data_name,
+            "num_classes": self.evaluator.num_classes,
+            "proxies": list(self.evaluator.proxies),
+        }
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        return torch.device(name)
+    except RuntimeError:
+        raise AutokdError(f"unknown device {name!r}: use auto, cpu, cuda or cuda:N") from None
+
+
+def validate(config: SearchConfig) -> Budget:
+    """Cheap checks of the config, before anything heavy is loaded."""
+    budget = Budget.parse(config.budget, config.params_budget)
+    if config.sampler not in SAMPLERS:
+        raise AutokdError(f"unknown sampler {config.sampler!r}: choose one of {', '.join(SAMPLERS)}")
+    unknown = [p for p in config.proxies if p not in PROXIES]
+    if unknown:
+        raise AutokdError(f"unknown proxy {unknown[0]!r}: choose from {', '.join(PROXIES)}")
+    if config.objective not in config.proxies and config.objective not in ("params", "macs"):
+        raise AutokdError(f"the objective {config.objective!r} must be one of the proxies computed (--proxies)")
+    for name in config.spaces or ():
+        if name not in available_spaces() and not Path(name).is_file():
+            raise AutokdError(f"unknown search space {name!r}: choose from {', '.join(available_spaces())}")
+    if config.trials < 1 or config.workers < 1:
+        raise AutokdError("--trials and --workers must be at least 1")
+    return budget
+
+
+def prepare(config: SearchConfig) -> SearchContext:
+    """Load data and teacher, pick spaces that can meet the budget, compute the teacher reference once."""
+    budget = validate(config)
+    notes: list[str] = []
+    data = load_data(config.data)
+    if not data.is_real:
+        notes.append(data.describe())
+    teacher = resolve_teacher(
+        config.teacher, num_classes=len(data.classes), weights=config.teacher_weights, img_size=config.img_size
+    )
+    notes.extend(teacher.notes)
+    img_size = teacher.img_size
+    names = list(config.spaces or default_spaces(teacher.family, img_size))
+    spaces = {}
+    for name in names:
+        space = load_space(name, img_size)
+        if config.spaces is None and not space.suits():
+            continue
+        spaces[space.name] = space
+    if not spaces:
+        raise AutokdError(f"no search space suits {img_size} px inputs: pick one with --space")
+
+    device = resolve_device(config.device)
+    batch_size = config.batch_size or (64 if img_size <= 64 else 32)
+    images, labels = scoring_batch(data, batch_size=batch_size, seed=config.seed, teacher=teacher,
+                                   val_fraction=config.val_fraction)
+    batch = ScoringBatch(images.to(device), labels.to(device))
+    teacher.model.to(device)
+    reference = teacher_reference(teacher.model, batch)
+    teacher.model.to("cpu")
+    proxies = list(dict.fromkeys([*config.proxies, "params", "macs"]))
+    evaluator = CandidateEvaluator(spaces, budget, len(data.classes), batch, reference, proxies, device, config.seed)
+
+    reachable = {}
+    for name, space in spaces.items():
+        smallest = evaluator.cost(space.smallest())
+        if budget.fits(smallest):
+            reachable[name] = space
+        else:
+            notes.append(f"space {name!r} has nothing under {budget}: its smallest model has "
+                         f"{format_macs(smallest.macs)}; skipped")
+    if not reachable:
+        smallest = min(evaluator.cost(s.smallest()).macs for s in spaces.values())
+        raise AutokdError(
+            f"nothing in space(s) {', '.join(spaces)} fits the budget {budget}: the smallest model has "
+            f"{format_macs(smallest)}; raise --budget to at least that"
+        )
+    evaluator.spaces = reachable
+    return SearchContext(config, budget, teacher, reachable, evaluator, SpecCodec(reachable), data.name, notes)
+
+
+def make_sampler(ctx: SearchContext, worker: int = 0) -> optuna.samplers.BaseSampler:
+    c = ctx.config
+    seed = c.seed + 1000 * worker
+    if c.sampler == "evolution":
+        return RegularizedEvolutionSampler(ctx.codec, ctx.evaluator.fits, c.population_size, c.tournament_size, seed)
+    if c.sampler == "random":
+        return BudgetedRandomSampler(ctx.codec, ctx.evaluator.fits, seed)
+    if c.sampler == "nsga2":
+        return NSGAIISampler(seed=seed)
+    return TPESampler(seed=seed)
+
+
+def directions(config: SearchConfig) -> list[str]:
+    """NSGA-II optimises (score, MACs); the others the score alone."""
+    return ["maximize", "minimize"] if config.sampler == "nsga2" else ["maximize"]
+
+
+def default_study_name(ctx: SearchContext) -> str:
+    return f"{ctx.teacher.name}-{ctx.budget.macs / 1e6:g}M-{ctx.data_name}-{'+'.join(sorted(ctx.spaces))}"
+
+
+def load_or_create_study(ctx: SearchContext, storage_url: str, worker: int = 0) -> optuna.Study:
+    """Create the study, or resume it when the same settings made it; a mismatch is a clear error."""
+    storage = open_storage(storage_url)
+    name = ctx.config.study_name or default_study_name(ctx)
+    attrs = ctx.study_attrs()
+    exists = find_study(storage, name)
+    study = optuna.create_study(
+        study_name=name,
+        storage=storage,
+        sampler=make_sampler(ctx, worker),
+        directions=directions(ctx.config),
+        load_if_exists=True,
+    )
+    if exists:
+        old = study.user_attrs.get("autokd", {})
+        diff = [k for k in STUDY_KEYS if k in old and old[k] != attrs[k]]
+        if diff:
+            raise AutokdError(
+                f"study {name!r} in {storage_url} was made with a different {', '.join(diff)}; "
+                "use another --study name or the original settings"
+            )
+    else:
+        study.set_user_attr("autokd", attrs)
+        study.set_metric_names([ctx.config.objective, "macs"][: len(directions(ctx.config))])
+    return study
+
+
+def enqueue_seeds(study: optuna.Study, ctx: SearchContext) -> int:
+    """Enqueue the spaces' known-good architectures that fit the budget (once per study)."""
+    if study.user_attrs.get("seeds_enqueued"):
+        return 0
+    count = 0
+    for space in ctx.spaces.values():
+        for spec in space.seeds():
+            if ctx.evaluator.fits(spec):
+                study.enqueue_trial(ctx.codec.encode(spec), user_attrs={"seed_arch": True}, skip_if_exists=True)
+                count += 1
+    study.set_user_attr("seeds_enqueued", count)
+    return count
+
+
+def make_objective(ctx: SearchContext) -> Callable[[optuna.Trial], float | tuple[float, float]]:
+    """Decode the trial's genes, count MACs exactly, refuse anything over budget, score the rest."""
+    budget, evaluator, objective = ctx.budget, ctx.evaluator, ctx.config.objective
+    multi = len(directions(ctx.config)) > 1
+
+    def run_trial(trial: optuna.Trial) -> float | tuple[float, float]:
+        spec = ctx.codec.suggest(trial)
+        cost = evaluator.cost(spec)
+        trial.set_user_attr("spec", spec.as_dict())
+        trial.set_user_attr("macs", cost.macs)
+        trial.set_user_attr("params", cost.params)
+        trial.set_user_attr("budget_slack", budget.slack(cost))
+        # Optuna 5 constraints (<= 0 is feasible); mirrored in user_attrs above, which the dashboard shows.
+        trial.set_constraint("macs_over_budget", cost.macs / budget.macs - 1)
+        if not budget.fits(cost):
+            trial.set_user_attr("over_budget", True)
+            raise optuna.TrialPruned(f"{cost.macs} MACs is over the budget")
+        scores = evaluator.score(spec)
+        for key, value in scores.items():
+            trial.set_user_attr(key, value)
+        return (scores[objective], float(cost.macs)) if multi else scores[objective]
+
+    return run_trial
+
+
+def complete_count(study: optuna.Study) -> int:
+    return len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
+
+
+def optimize(
+    study: optuna.Study, ctx: SearchContext, callbacks: list | None = None, attempt_factor: int = 20
+) -> None:
+    """Run trials until the study holds `trials` complete ones (counting earlier runs), or the timeout."""
+    target = ctx.config.trials
+    todo = target - complete_count(study)
+    if todo <= 0:
+        return
+    study.optimize(
+        make_objective(ctx),
+        n_trials=todo * attempt_factor,  # bounds the attempts when TPE/NSGA-II keep proposing over budget
+        timeout=ctx.config.timeout,
+        callbacks=[MaxTrialsCallback(target, states=(TrialState.COMPLETE,)), *(callbacks or [])],
+        gc_after_trial=False,
+    )
+
+
+def _worker_main(config: SearchConfig, storage_url: str, study_name: str, worker: int) -> None:
+    torch.set_num_threads(max(1, torch.get_num_threads() // max(1, config.workers)))
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    ctx = prepare(config)
+    ctx.config.study_name = study_name
+    study = load_or_create_study(ctx, storage_url, worker)
+    optimize(study, ctx)
+
+
+def start_workers(config: SearchConfig, storage_url: str, study_name: str) -> list[mp.Process]:
+    """Extra processes on the same study (the caller is worker 0); each computes its own teacher reference."""
+    spawn = mp.get_context("spawn")
+    procs = [
+        spawn.Process(target=_worker_main, args=(config, storage_url, study_name, i), daemon=False)
+        for i in range(1, config.workers)
+    ]
+    for p in procs:
+        p.start()
+    return procs

@@ -1,0 +1,114 @@
+"""`autokd search` as a library call: prepare, open or resume the study, run workers, write the outputs."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import optuna
+import pandas as pd
+import torch
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from autokd.report import leaderboard, trials_frame, write_report, write_top_specs
+from autokd.search.controller import (
+    SearchConfig,
+    SearchContext,
+    complete_count,
+    enqueue_seeds,
+    load_or_create_study,
+    optimize,
+    prepare,
+    start_workers,
+)
+
+log = logging.getLogger("autokd")
+
+
+@dataclass
+class SearchResult:
+    """The study, its leaderboard, and where the outputs went."""
+
+    study: optuna.Study
+    context: SearchContext
+    leaderboard: pd.DataFrame
+    storage_url: str
+    out: Path | None
+    seconds: float
+
+
+def run_search(config: SearchConfig, out: str | Path | None = None, top_k: int = 10,
+               progress: bool = True) -> SearchResult:
+    """Run (or resume) a search until its study holds `config.trials` complete trials; write outputs to `out`."""
+    start = time.perf_counter()
+    out = Path(out) if out else None
+    ctx = prepare(config)  # every input error is raised here, before anything is written
+    for note in ctx.notes:
+        log.info(note)
+    storage_url = config.storage_url(out)
+    if out and storage_url.startswith("sqlite:///"):
+        out.mkdir(parents=True, exist_ok=True)
+    study = load_or_create_study(ctx, storage_url)
+    enqueue_seeds(study, ctx)
+
+    workers = []
+    if config.workers > 1:
+        torch.set_num_threads(max(1, torch.get_num_threads() // config.workers))
+        workers = start_workers(config, storage_url, study.study_name)
+    try:
+        if progress:
+            with _progress_bar(study, ctx) as callback:
+                optimize(study, ctx, callbacks=[callback])
+        else:
+            optimize(study, ctx)
+    finally:
+        for proc in workers:
+            proc.join()
+    failed = [p.exitcode for p in workers if p.exitcode != 0]
+    if failed:
+        raise RuntimeError(f"{len(failed)} search worker(s) exited with codes {failed}")
+
+    board = leaderboard(study, config.objective, top_k)
+    if out:
+        write_outputs(study, ctx, board, out)
+    return SearchResult(study, ctx, board, storage_url, out, time.perf_counter() - start)
+
+
+def write_outputs(study: optuna.Study, ctx: SearchContext, board: pd.DataFrame, out: Path) -> None:
+    """leaderboard.csv, top/<rank>.yaml, report.html and the config, next to the study."""
+    out.mkdir(parents=True, exist_ok=True)
+    board.drop(columns=["spec_json"]).to_csv(out / "leaderboard.csv", index=False)
+    meta = {**ctx.study_attrs(), "study": study.study_name, "storage": ctx.config.storage_url(out)}
+    write_top_specs(board, out / "top", meta)
+    write_report(trials_frame(study), board, out / "report.html", ctx.config.objective, ctx.budget.macs,
+                 title=f"autokd search: {study.study_name}")
+    (out / "search.json").write_text(json.dumps(asdict(ctx.config), indent=2, default=str))
+
+
+class _progress_bar:
+    """A rich progress bar over complete trials, showing the best score so far."""
+
+    def __init__(self, study: optuna.Study, ctx: SearchContext):
+        self.ctx = ctx
+        self.progress = Progress(
+            TextColumn("[bold]search"), BarColumn(), MofNCompleteColumn(), TextColumn("best {task.fields[best]}"),
+            TimeElapsedColumn(), transient=False,
+        )
+        self.task = self.progress.add_task("search", total=ctx.config.trials, completed=complete_count(study),
+                                           best="-")
+
+    def __enter__(self):
+        self.progress.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.progress.stop()
+
+    def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        done = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+        best = max((t.user_attrs.get(self.ctx.config.objective, float("-inf")) for t in done), default=None)
+        self.progress.update(self.task, completed=min(len(done), self.ctx.config.trials),
+                             best="-" if best is None else f"{best:.4f}")

@@ -6,6 +6,7 @@ import argparse
 import logging
 import os
 import sys
+import warnings
 from pathlib import Path
 
 from autokd.errors import AutokdError
@@ -59,7 +60,7 @@ def cmd_search(args: argparse.Namespace) -> int:
         img_size=args.img_size, batch_size=args.batch_size, proxies=args.proxies, objective=args.objective,
         population_size=args.population, tournament_size=args.tournament, device=args.device,
     )
-    console = Console(stderr=False)
+    console = Console(soft_wrap=True)
     result = run_search(config, out=args.out, top_k=args.top_k, progress=not args.quiet)
     ctx = result.context
     console.print(
@@ -125,6 +126,7 @@ def main(argv: list[str] | None = None) -> int:
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     try:
         return args.func(args)
     except AutokdError as err:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import re
 import time
+import warnings
 from dataclasses import dataclass
 
 import torch
@@ -103,7 +104,8 @@ def count_macs(model: nn.Module, img_size: int | tuple[int, int], in_chans: int 
         analysis = FlopCountAnalysis(model, x)
         analysis.set_op_handle("aten::scaled_dot_product_attention", _sdpa_handle)
         analysis.unsupported_ops_warnings(False).uncalled_modules_warnings(False)
-        with torch.no_grad():
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)  # fvcore traces with torch.jit, deprecated in torch 2.x
             return int(analysis.total())
     finally:
         model.train(was_training)

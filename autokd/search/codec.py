@@ -33,6 +33,13 @@ class SpecCodec:
         prefix = f"{name}."
         return self.spaces[name].decode({k[len(prefix):]: v for k, v in params.items() if k.startswith(prefix)})
 
+    def is_complete(self, params: dict[str, Any]) -> bool:
+        """Whether `params` hold every gene of their space."""
+        name = params.get(SPACE_PARAM)
+        if name not in self.spaces:
+            return False
+        return all(f"{name}.{k}" in params for k in self.spaces[name].distributions())
+
     def suggest(self, trial: optuna.Trial) -> ArchSpec:
         """Ask the trial (and so its sampler) for every param of one space, and decode them."""
         name = trial.suggest_categorical(SPACE_PARAM, list(self.spaces))

@@ -128,9 +128,11 @@ def prepare(config: SearchConfig) -> SearchContext:
     data = load_data(config.data)
     if not data.is_real:
         notes.append(data.describe())
-    teacher = resolve_teacher(
-        config.teacher, num_classes=len(data.classes), weights=config.teacher_weights, img_size=config.img_size
-    )
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(config.seed)  # a random teacher must be the same in every worker and on resume
+        teacher = resolve_teacher(
+            config.teacher, num_classes=len(data.classes), weights=config.teacher_weights, img_size=config.img_size
+        )
     notes.extend(teacher.notes)
     img_size = teacher.img_size
     names = list(config.spaces or default_spaces(teacher.family, img_size))
@@ -145,11 +147,13 @@ def prepare(config: SearchConfig) -> SearchContext:
 
     device = resolve_device(config.device)
     batch_size = config.batch_size or (64 if img_size <= 64 else 32)
-    images, labels = scoring_batch(data, batch_size=batch_size, seed=config.seed, teacher=teacher,
+    images, labels = scoring_batch(data, batch_size, config.seed, teacher.transform(),
                                    val_fraction=config.val_fraction)
     batch = ScoringBatch(images.to(device), labels.to(device))
     teacher.model.to(device)
-    reference = teacher_reference(teacher.model, batch)
+    # A random teacher's BatchNorm running statistics mean nothing: score it on batch statistics, as the paper.
+    reference = teacher_reference(teacher.model, batch.images, batch.labels, seed=config.seed,
+                                  batch_stats=not teacher.pretrained)
     teacher.model.to("cpu")
     proxies = list(dict.fromkeys([*config.proxies, "params", "macs"]))
     evaluator = CandidateEvaluator(spaces, budget, len(data.classes), batch, reference, proxies, device, config.seed)

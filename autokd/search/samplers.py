@@ -18,7 +18,7 @@ from optuna.samplers import BaseSampler, RandomSampler
 from optuna.trial import FrozenTrial, TrialState
 
 from autokd.errors import AutokdError
-from autokd.search.codec import SPACE_PARAM, SpecCodec
+from autokd.search.codec import SpecCodec
 from autokd.spaces import ArchSpec
 
 
@@ -58,10 +58,15 @@ class BudgetedRandomSampler(BaseSampler):
 
     def known_specs(self, study: optuna.Study) -> set[ArchSpec]:
         """Specs of every trial so far, whatever its state (decoded once per trial)."""
+        running = set()
         for t in study.get_trials(deepcopy=False):
-            if t.number not in self._seen and SPACE_PARAM in t.params:
+            if t.number in self._seen or not self.codec.is_complete(t.params):
+                continue  # a trial still being suggested (here or in another worker) has only some params
+            if t.state == TrialState.RUNNING:
+                running.add(self.codec.decode(t.params))
+            else:
                 self._seen[t.number] = self.codec.decode(t.params)
-        return set(self._seen.values())
+        return set(self._seen.values()) | running
 
     def propose(self, study: optuna.Study, known: set[ArchSpec]) -> ArchSpec:
         return self._random_new(known)

@@ -1,0 +1,33 @@
+"""Training-free scores of a student: DisWOT (similarity to the teacher) and the baselines it must beat."""
+
+from autokd.proxies.base import ForwardOutputs, Probe, Proxy, ScoringBatch, classifier_grad, relation_gram
+from autokd.proxies.diswot import (
+    channel_correlation,
+    correlation_distance,
+    diswot_distances,
+    random_projection,
+    relation_distance,
+    semantic_distance,
+)
+from autokd.proxies.reference import WIDTH_MATCHES, TeacherReference, teacher_reference
+from autokd.proxies.scoring import PROXIES, score_candidate
+
+__all__ = [
+    "PROXIES",
+    "WIDTH_MATCHES",
+    "ForwardOutputs",
+    "Probe",
+    "Proxy",
+    "ScoringBatch",
+    "TeacherReference",
+    "channel_correlation",
+    "classifier_grad",
+    "correlation_distance",
+    "diswot_distances",
+    "random_projection",
+    "relation_distance",
+    "relation_gram",
+    "score_candidate",
+    "semantic_distance",
+    "teacher_reference",
+]

@@ -1,0 +1,41 @@
+"""The proxy registry and the one call that scores a candidate with any set of proxies."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import torch.nn as nn
+
+from autokd.cost import Cost
+from autokd.errors import AutokdError
+from autokd.proxies.base import Probe, Proxy, ScoringBatch
+from autokd.proxies.baselines import GRAD_NORM, MACS, NASWOT, PARAMS, SYNFLOW
+from autokd.proxies.diswot import DISWOT
+from autokd.proxies.reference import TeacherReference
+
+PROXIES: dict[str, Proxy] = {p.name: p for p in (DISWOT, NASWOT, SYNFLOW, GRAD_NORM, PARAMS, MACS)}
+
+
+def score_candidate(
+    model: nn.Module,
+    batch: ScoringBatch,
+    ref: TeacherReference,
+    names: Iterable[str] | str = ("diswot",),
+    cost: Cost | None = None,
+) -> dict[str, float]:
+    """Every score the named proxies give `model` on `batch`, keyed by output name (one shared forward).
+
+    'diswot' also gives 'diswot_relation' and 'diswot_semantic', its two distances (lower = closer); every
+    other key is higher = better. 'params' and 'macs' come from `cost` (measured here when it is not given).
+    """
+    names = [names] if isinstance(names, str) else list(names)
+    unknown = [n for n in names if n not in PROXIES]
+    if unknown:
+        raise AutokdError(f"unknown proxy {', '.join(map(repr, unknown))}: choose from {', '.join(PROXIES)}")
+    ref.check_batch(batch)
+    proxies = [PROXIES[n] for n in dict.fromkeys(names)]
+    probe = Probe(model, batch, ref, cost, record_codes=any(p.reads_activation_codes for p in proxies))
+    scores: dict[str, float] = {}
+    for proxy in proxies:
+        scores.update(proxy(probe))
+    return scores

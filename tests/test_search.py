@@ -1,0 +1,127 @@
+import random
+
+import optuna
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from optuna.trial import TrialState
+
+from autokd.cost import Budget, count_macs
+from autokd.search import RegularizedEvolutionSampler, SearchConfig, run_search
+from autokd.search.codec import SpecCodec
+from autokd.spaces import load_space
+
+# A tiny teacher on 32 px synthetic data: the whole search runs in seconds.
+TINY = dict(teacher="resnet20_cifar", budget="25M", spaces=("cifar_resnet",), population_size=6,
+            tournament_size=3, batch_size=32)
+
+
+def config(tmp_path, **kw) -> SearchConfig:
+    return SearchConfig(**{**TINY, "storage": f"sqlite:///{tmp_path}/s.db", **kw})
+
+
+def test_search_end_to_end(tmp_path):
+    result = run_search(config(tmp_path, trials=12), out=tmp_path / "out", top_k=5, progress=False)
+    complete = result.study.get_trials(states=(TrialState.COMPLETE,))
+    assert len(complete) == 12
+    budget = Budget.parse("25M")
+    space = load_space("cifar_resnet", 32)
+    for t in complete:
+        assert t.user_attrs["macs"] <= budget.macs
+        assert t.user_attrs["budget_slack"] >= 0
+        assert t.constraints == {"macs_over_budget": pytest.approx(t.user_attrs["macs"] / budget.macs - 1)}
+        assert {"diswot", "diswot_relation", "diswot_semantic", "params", "macs"} <= set(t.user_attrs)
+    # the recorded MACs are the real fvcore count of the built model
+    spec = result.study.trials[0].user_attrs["spec"]
+    from autokd.spaces import ArchSpec
+
+    assert count_macs(space.build(ArchSpec.from_dict(spec), 10), 32) == result.study.trials[0].user_attrs["macs"]
+    board = result.leaderboard
+    assert len(board) == 5
+    assert list(board["diswot"]) == sorted(board["diswot"], reverse=True)
+    assert board["diswot"].iloc[0] == max(t.value for t in complete)
+    out = tmp_path / "out"
+    assert (out / "leaderboard.csv").read_text().count("\n") == 6
+    assert sorted(p.name for p in (out / "top").iterdir()) == [f"{i}.yaml" for i in range(1, 6)]
+    assert "Pareto front" in (out / "report.html").read_text()
+
+
+def test_resume_adds_trials_without_duplicating(tmp_path):
+    first = run_search(config(tmp_path, trials=8), progress=False)
+    names = {t.number for t in first.study.trials}
+    second = run_search(config(tmp_path, trials=14), progress=False)
+    assert second.study.study_name == first.study.study_name
+    complete = second.study.get_trials(states=(TrialState.COMPLETE,))
+    assert len(complete) == 14
+    assert names <= {t.number for t in second.study.trials}
+    specs = [str(t.user_attrs["spec"]) for t in complete]
+    assert len(specs) == len(set(specs)), "evolution proposed a duplicate architecture"
+
+
+def test_resume_with_other_settings_is_refused(tmp_path):
+    run_search(config(tmp_path, trials=3, study_name="s"), progress=False)
+    from autokd.errors import AutokdError
+
+    with pytest.raises(AutokdError, match="different budget"):
+        run_search(config(tmp_path, trials=3, study_name="s", budget="20M"), progress=False)
+
+
+def test_two_workers_share_one_sqlite_study(tmp_path):
+    result = run_search(config(tmp_path, trials=16, workers=2), progress=False)
+    trials = result.study.trials
+    complete = [t for t in trials if t.state == TrialState.COMPLETE]
+    assert len(complete) >= 16
+    assert not [t for t in trials if t.state in (TrialState.FAIL, TrialState.RUNNING)]
+    assert sorted(t.number for t in trials) == list(range(len(trials)))
+
+
+@pytest.mark.parametrize("sampler", ["nsga2", "tpe", "random"])
+def test_other_samplers_never_score_over_budget(tmp_path, sampler):
+    result = run_search(config(tmp_path, trials=6, sampler=sampler), progress=False)
+    for t in result.study.trials:
+        if t.state == TrialState.COMPLETE:
+            assert t.user_attrs["macs"] <= 25e6
+        else:
+            assert t.state == TrialState.PRUNED and t.user_attrs["over_budget"] and "diswot" not in t.user_attrs
+
+
+SPACE = load_space("cifar_resnet", 32)
+
+
+@settings(max_examples=25, deadline=None)
+@given(seed=st.integers(0, 10_000), budget=st.integers(8_000_000, 120_000_000))
+def test_evolution_never_proposes_over_budget(seed, budget):
+    # Property: with any population, every proposal (initial or child) fits the budget and is new.
+    codec = SpecCodec({"cifar_resnet": SPACE})
+
+    def fits(spec):
+        return SPACE.estimate_macs(spec) <= budget
+
+    sampler = RegularizedEvolutionSampler(codec, fits, population_size=5, tournament_size=2, seed=seed)
+    study = optuna.create_study(direction="maximize", sampler=sampler)
+    rng = random.Random(seed)
+    for _ in range(15):
+        trial = study.ask()
+        spec = codec.suggest(trial)
+        assert fits(spec)
+        study.tell(trial, rng.random())
+    specs = [codec.decode(t.params) for t in study.trials]
+    assert len(specs) == len(set(specs))
+
+
+def test_tournament_picks_the_best():
+    codec = SpecCodec({"cifar_resnet": SPACE})
+    sampler = RegularizedEvolutionSampler(codec, lambda s: True, population_size=4, tournament_size=4, seed=0)
+    study = optuna.create_study(direction="maximize", sampler=sampler)
+    rng = random.Random(0)
+    specs = []
+    while len(specs) < 4:
+        spec = SPACE.sample(rng)
+        if spec not in specs:
+            specs.append(spec)
+    for value, spec in enumerate(specs):
+        study.enqueue_trial(codec.encode(spec))
+        trial = study.ask()
+        codec.suggest(trial)
+        study.tell(trial, float(value))
+    assert sampler.tournament(sampler.population(study)) == specs[-1]

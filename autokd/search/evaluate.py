@@ -60,7 +60,7 @@ class CandidateEvaluator:
         self._models: OrderedDict[ArchSpec, nn.Module] = OrderedDict()
 
     def estimate(self, spec: ArchSpec) -> int:
-        return self.spaces[spec.space].estimate_macs(spec)
+        return self.spaces[spec.space].estimate_macs(spec, self.num_classes)
 
     def build(self, spec: ArchSpec) -> nn.Module:
         """The candidate with a seeded random init (kept for a few specs: cost and score share one build)."""

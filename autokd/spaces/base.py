@@ -60,7 +60,7 @@ class SearchSpace(ABC):
         """The PyTorch module; it has timm's forward_features / forward_head / get_classifier."""
 
     @abstractmethod
-    def estimate_macs(self, spec: ArchSpec) -> int:
+    def estimate_macs(self, spec: ArchSpec, num_classes: int = 1000) -> int:
         """A closed-form MAC count, for pre-filtering only (held within 2% of fvcore by a test)."""
 
     @abstractmethod

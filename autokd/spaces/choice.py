@@ -1,0 +1,236 @@
+"""ChoiceSpace: a search space whose genes each take one value from a list, with the generic machinery
+(flat Optuna params, sampling, mutation, smallest spec, seeds, MAC cache) shared by all spaces.
+
+A gene is a scalar (`embed_dim`) or a per-layer / per-stage list (`heads`, `widths`). A list gene is stored in
+the spec as a tuple and flattened into one Optuna param per position (`heads_0`, `heads_1`, ...); a list whose
+length follows a depth gene keeps only its first `depth` entries in the spec. Genes with a single choice are
+fixed: they are in every spec (so a spec alone describes the model) but are not Optuna params.
+"""
+
+from __future__ import annotations
+
+import random
+from abc import abstractmethod
+from dataclasses import dataclass
+from typing import Any
+
+import optuna
+
+from autokd.errors import AutokdError
+from autokd.spaces.base import SearchSpace
+from autokd.spaces.spec import ArchSpec
+
+_MAX_MUTATION_TRIES = 1000
+
+
+@dataclass(frozen=True)
+class ListGene:
+    """A per-layer or per-stage gene: `choices[i]` lists the values allowed at position i."""
+
+    name: str
+    param: str
+    choices: tuple[tuple[Any, ...], ...]
+    #: the scalar gene that holds the number of positions in use (None: all positions are used)
+    length: str | None = None
+
+
+def gene_changes(a: ArchSpec, b: ArchSpec) -> int:
+    """How many genes differ: one per scalar, one per differing position of a list (over the shorter one)."""
+    changes = 0
+    for key, value in a.genes:
+        other = b[key]
+        if isinstance(value, tuple):
+            changes += sum(x != y for x, y in zip(value, other))
+        else:
+            changes += value != other
+    return changes
+
+
+def _distribution(choices: tuple[Any, ...]) -> optuna.distributions.BaseDistribution:
+    # Evenly spaced integers are ordinal (TPE models them as such); anything else is categorical.
+    if len(choices) > 1 and all(isinstance(c, int) and not isinstance(c, bool) for c in choices):
+        values = sorted(choices)
+        step = values[1] - values[0]
+        if step > 0 and all(b - a == step for a, b in zip(values, values[1:])):
+            return optuna.distributions.IntDistribution(values[0], values[-1], step=step)
+    return optuna.distributions.CategoricalDistribution(list(choices))
+
+
+class ChoiceSpace(SearchSpace):
+    """A SearchSpace of categorical genes; subclasses set `scalars` and `lists` and implement build/macs."""
+
+    family: str
+
+    def __init__(self, config: dict[str, Any], img_size: int):
+        super().__init__(config, img_size)
+        self.scalars: dict[str, tuple[Any, ...]] = {}
+        self.lists: list[ListGene] = []
+        self._flat_choices: dict[str, tuple[Any, ...]] | None = None
+        self._macs_cache: dict[tuple[ArchSpec, int], int] = {}
+        self._smallest: ArchSpec | None = None
+
+    # ---- reading the YAML ----------------------------------------------------------------------------
+    def option(self, key: str, default: Any) -> tuple[Any, ...]:
+        """The choices for `key`: a YAML list, or a single value meaning a fixed gene."""
+        return self._check_choices(key, self.config.get(key, default))
+
+    def stage_option(self, key: str, default: Any, stages: int) -> tuple[tuple[Any, ...], ...]:
+        """Per-stage choices for `key`: one list shared by all stages, or a list of `stages` lists."""
+        value = self.config.get(key, default)
+        if isinstance(value, (list, tuple)) and value and all(isinstance(v, (list, tuple)) for v in value):
+            if len(value) != stages:
+                raise AutokdError(
+                    f"search space {self.name!r}: `{key}` has {len(value)} per-stage lists, expected {stages}"
+                )
+            return tuple(self._check_choices(key, v) for v in value)
+        return (self._check_choices(key, value),) * stages
+
+    def _check_choices(self, key: str, value: Any) -> tuple[Any, ...]:
+        values = tuple(value) if isinstance(value, (list, tuple)) else (value,)
+        if not values or any(isinstance(v, (list, tuple, dict)) or v is None for v in values):
+            raise AutokdError(
+                f"search space {self.name!r}: `{key}` must be a value or a non-empty list, got {value!r}"
+            )
+        return values
+
+    # ---- flat params ---------------------------------------------------------------------------------
+    def choices(self) -> dict[str, tuple[Any, ...]]:
+        """Every flat param (fixed ones included) with its allowed values."""
+        if self._flat_choices is None:
+            flat = dict(self.scalars)
+            for gene in self.lists:
+                flat.update({f"{gene.param}_{i}": c for i, c in enumerate(gene.choices)})
+            empty = [k for k, v in flat.items() if not v]
+            if empty:
+                raise AutokdError(
+                    f"search space {self.name!r} has no valid value for {empty} at {self.img_size} px; "
+                    "widen those choices in its YAML"
+                )
+            self._flat_choices = flat
+        return self._flat_choices
+
+    def distributions(self) -> dict[str, optuna.distributions.BaseDistribution]:
+        return {k: _distribution(v) for k, v in self.choices().items() if len(v) > 1}
+
+    def _flat(self, spec: ArchSpec) -> dict[str, Any]:
+        flat = {k: spec[k] for k in self.scalars}
+        for gene in self.lists:
+            values = spec[gene.name]
+            for i in range(len(gene.choices)):
+                # Positions past the depth in use repeat the last layer, so a deeper child copies it.
+                flat[f"{gene.param}_{i}"] = values[min(i, len(values) - 1)]
+        return flat
+
+    def encode(self, spec: ArchSpec) -> dict[str, Any]:
+        choices = self.choices()
+        return {k: v for k, v in self._flat(spec).items() if len(choices[k]) > 1}
+
+    def decode(self, params: dict[str, Any]) -> ArchSpec:
+        flat = {}
+        for key, options in self.choices().items():
+            value = params.get(key, options[0] if len(options) == 1 else None)
+            if value not in options:
+                raise AutokdError(
+                    f"search space {self.name!r}: param {key}={value!r} is not one of {list(options)}"
+                )
+            flat[key] = value
+        genes: dict[str, Any] = {k: flat[k] for k in self.scalars}
+        for gene in self.lists:
+            n = genes[gene.length] if gene.length else len(gene.choices)
+            genes[gene.name] = tuple(flat[f"{gene.param}_{i}"] for i in range(n))
+        return ArchSpec.make(self.name, **self.repair(genes))
+
+    def repair(self, genes: dict[str, Any]) -> dict[str, Any]:
+        """Map a combination of choices onto a valid architecture (e.g. sort widths); identity by default."""
+        return genes
+
+    def active_params(self, spec: ArchSpec) -> list[str]:
+        """Flat params that change the architecture of `spec` and have more than one choice."""
+        names = [k for k, v in self.scalars.items() if len(v) > 1]
+        for gene in self.lists:
+            n = spec[gene.length] if gene.length else len(gene.choices)
+            names += [f"{gene.param}_{i}" for i in range(n) if len(gene.choices[i]) > 1]
+        return names
+
+    # ---- search operators ----------------------------------------------------------------------------
+    def sample(self, rng: random.Random) -> ArchSpec:
+        return self.decode({k: rng.choice(v) for k, v in self.choices().items()})
+
+    def mutate(self, spec: ArchSpec, rng: random.Random) -> ArchSpec:
+        params = self._flat(spec)
+        active = self.active_params(spec)
+        if not active:
+            raise AutokdError(f"search space {self.name!r} holds a single architecture: nothing to mutate")
+        choices = self.choices()
+        # Propose 1-2 changed params; a repair may undo or widen the change, so keep the first child that
+        # differs from the parent in one or two genes.
+        for _ in range(_MAX_MUTATION_TRIES):
+            child_params = dict(params)
+            for key in rng.sample(active, min(rng.choice((1, 2)), len(active))):
+                child_params[key] = rng.choice([c for c in choices[key] if c != params[key]])
+            child = self.decode(child_params)
+            if 1 <= gene_changes(spec, child) <= 2:
+                return child
+        raise AutokdError(f"search space {self.name!r}: found no valid mutation of {spec}")
+
+    def smallest(self) -> ArchSpec:
+        if self._smallest is None:
+            # Coordinate descent on the closed-form count: exact when MACs are monotone in each gene.
+            params = {k: v[0] for k, v in self.choices().items()}
+            best = self.estimate_macs(self.decode(params))
+            improved = True
+            while improved:
+                improved = False
+                for key, options in self.choices().items():
+                    for value in options:
+                        macs = self.estimate_macs(self.decode({**params, key: value}))
+                        if macs < best:
+                            params, best, improved = {**params, key: value}, macs, True
+            self._smallest = self.decode(params)
+        return self._smallest
+
+    def seeds(self) -> list[ArchSpec]:
+        seeds: list[ArchSpec] = []
+        for genes in self.seed_genes():
+            spec = self.snap(genes)
+            if spec not in seeds:
+                seeds.append(spec)
+        return seeds
+
+    def seed_genes(self) -> list[dict[str, Any]]:
+        """Known-good architectures as gene dicts, before snapping to the space's choices."""
+        return []
+
+    def snap(self, genes: dict[str, Any]) -> ArchSpec:
+        """The in-space spec nearest to `genes`: each value moves to its nearest choice (missing genes take
+        the first choice)."""
+        flat = {}
+        for key, options in self.choices().items():
+            flat[key] = _nearest(genes.get(key), options)
+        for gene in self.lists:
+            values = genes.get(gene.name) or ()
+            for i, options in enumerate(gene.choices):
+                value = values[min(i, len(values) - 1)] if values else None
+                flat[f"{gene.param}_{i}"] = _nearest(value, options)
+        return self.decode(flat)
+
+    # ---- cost ----------------------------------------------------------------------------------------
+    def estimate_macs(self, spec: ArchSpec, num_classes: int = 1000) -> int:
+        """Closed-form MACs as fvcore counts them (batch 1), classifier for `num_classes` included."""
+        key = (spec, num_classes)
+        if key not in self._macs_cache:
+            self._macs_cache[key] = int(self.macs(spec, num_classes))
+        return self._macs_cache[key]
+
+    @abstractmethod
+    def macs(self, spec: ArchSpec, num_classes: int) -> int:
+        """The uncached closed-form MAC count."""
+
+
+def _nearest(value: Any, options: tuple[Any, ...]) -> Any:
+    if value in options:
+        return value
+    numeric = [o for o in options if isinstance(o, (int, float)) and not isinstance(o, bool)]
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and numeric:
+        return min(numeric, key=lambda o: (abs(o - value), o))
+    return options[0]

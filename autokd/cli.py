@@ -60,7 +60,7 @@ def cmd_search(args: argparse.Namespace) -> int:
         img_size=args.img_size, batch_size=args.batch_size, proxies=args.proxies, objective=args.objective,
         population_size=args.population, tournament_size=args.tournament, device=args.device,
     )
-    console = Console(soft_wrap=True)
+    console = Console(soft_wrap=True, width=None if sys.stdout.isatty() else 160)
     result = run_search(config, out=args.out, top_k=args.top_k, progress=not args.quiet)
     ctx = result.context
     console.print(
@@ -80,8 +80,10 @@ def leaderboard_table(board, objective: str, format_macs):
 
     table = Table(title=f"top {len(board)} by {objective}")
     extra = [c for c in ("diswot_relation", "diswot_semantic") if c in board.columns and c != objective]
-    for col in ["rank", "trial", "arch", "MACs", "params", objective, *extra]:
-        table.add_column(col, overflow="fold")
+    for col in ["rank", "trial", "arch", "MACs", "params", objective]:
+        table.add_column(col, overflow="fold", no_wrap=col != "arch")
+    for col in extra:
+        table.add_column(col.replace("diswot_relation", "M_r").replace("diswot_semantic", "M_s"), no_wrap=True)
     for row in board.to_dict("records"):
         table.add_row(
             str(row["rank"]), str(row["trial"]), row["arch"], format_macs(row["macs"]),
@@ -119,6 +121,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    warnings.filterwarnings("ignore", message=r".*torch\.jit\.script.* is deprecated")
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="autokd: %(message)s", stream=sys.stderr)
     for noisy in ("optuna", "timm", "fvcore"):
@@ -127,6 +130,7 @@ def main(argv: list[str] | None = None) -> int:
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+    warnings.filterwarnings("ignore", message=r".*torch\.jit\.script.* is deprecated")
     try:
         return args.func(args)
     except AutokdError as err:

@@ -23,7 +23,7 @@ def trials_frame(study: optuna.Study) -> pd.DataFrame:
         row = {
             "trial": t.number,
             "space": spec.space,
-            "arch": str(spec),
+            "arch": spec.short(),
             "macs": attrs["macs"],
             "params": attrs["params"],
             "budget_slack": attrs["budget_slack"],

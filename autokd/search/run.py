@@ -17,7 +17,6 @@ from autokd.report import leaderboard, trials_frame, write_report, write_top_spe
 from autokd.search.controller import (
     SearchConfig,
     SearchContext,
-    complete_count,
     enqueue_seeds,
     load_or_create_study,
     optimize,
@@ -97,8 +96,8 @@ class _progress_bar:
             TextColumn("[bold]search"), BarColumn(), MofNCompleteColumn(), TextColumn("best {task.fields[best]}"),
             TimeElapsedColumn(), transient=False,
         )
-        self.task = self.progress.add_task("search", total=ctx.config.trials, completed=complete_count(study),
-                                           best="-")
+        self.task = self.progress.add_task("search", total=ctx.config.trials, completed=0, best="-")
+        self(study, None)
 
     def __enter__(self):
         self.progress.start()
@@ -107,8 +106,8 @@ class _progress_bar:
     def __exit__(self, *exc):
         self.progress.stop()
 
-    def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+    def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial | None) -> None:
         done = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
-        best = max((t.user_attrs.get(self.ctx.config.objective, float("-inf")) for t in done), default=None)
+        best = max((t.user_attrs[self.ctx.config.objective] for t in done), default=None)
         self.progress.update(self.task, completed=min(len(done), self.ctx.config.trials),
                              best="-" if best is None else f"{best:.4f}")

@@ -59,6 +59,16 @@ class ArchSpec:
     def from_json(cls, text: str) -> ArchSpec:
         return cls.from_dict(json.loads(text))
 
+    def short(self) -> str:
+        """A compact one-line summary: long per-layer lists shown as their range."""
+
+        def fmt(v: Any) -> str:
+            if isinstance(v, tuple) and len(v) > 4:
+                return f"{min(v)}..{max(v)}"
+            return str(_thaw(v)).replace(" ", "")
+
+        return f"{self.space} " + " ".join(f"{k}={fmt(v)}" for k, v in self.genes)
+
     def __str__(self) -> str:
         body = ", ".join(f"{k}={_thaw(v)}" for k, v in self.genes)
         return f"{self.space}({body})"

@@ -30,8 +30,8 @@ def add_search_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--timeout", type=float, help="stop after this many seconds")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--sampler", default="evolution", help="evolution (default), nsga2, tpe or random")
-    p.add_argument("--population", type=int, default=50, help="evolution: population size (default 50)")
-    p.add_argument("--tournament", type=int, default=10, help="evolution: tournament size (default 10)")
+    p.add_argument("--population", type=int, default=20, help="evolution: population size (default 20)")
+    p.add_argument("--tournament", type=int, default=5, help="evolution: tournament size (default 5)")
     p.add_argument("--storage", help="Optuna storage URL (default sqlite:///OUT/autokd.db); postgresql://... for "
                                      "many machines")
     p.add_argument("--study", help="study name (default from teacher, budget, data and spaces); reuse to resume")

@@ -58,3 +58,38 @@ def test_console_script_prints_the_leaderboard(tmp_path):
     assert "top 3 by diswot" in proc.stdout
     assert f"autokd dashboard --storage sqlite:///{out}/autokd.db" in proc.stdout
     assert (out / "report.html").exists() and (out / "top" / "3.yaml").exists()
+
+
+def test_dashboard_serves_the_study_on_localhost(tmp_path):
+    import json
+    import socket
+    import time
+    import urllib.request
+
+    assert main([*TINY, "--budget", "30M", "--trials", "2", "--storage", f"sqlite:///{tmp_path}/a.db",
+                 "--study", "dash"]) == 0
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen([sys.executable, "-m", "autokd", "dashboard", "--storage", f"sqlite:///{tmp_path}/a.db",
+                             "--port", str(port)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        for _ in range(100):
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/studies", timeout=2) as r:
+                    studies = json.load(r)["study_summaries"]
+                break
+            except OSError:
+                time.sleep(0.3)
+        else:
+            raise AssertionError("dashboard did not start")
+        assert [s["study_name"] for s in studies] == ["dash"]
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+    assert f"http://127.0.0.1:{port}" in proc.stdout.read()
+
+
+def test_dashboard_without_a_database_is_a_clear_error(capsys, tmp_path):
+    code, err = run_error(capsys, ["dashboard", "--storage", f"sqlite:///{tmp_path}/none.db"])
+    assert code == 2 and "no study database" in err[-1] and not (tmp_path / "none.db").exists()

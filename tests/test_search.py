@@ -125,3 +125,18 @@ def test_tournament_picks_the_best():
         codec.suggest(trial)
         study.tell(trial, float(value))
     assert sampler.tournament(sampler.population(study)) == specs[-1]
+
+
+def test_search_on_real_cifar10_with_a_trained_teacher(tmp_path, shared_data, shared_teachers):
+    cfg = config(
+        tmp_path, teacher="resnet56_cifar", teacher_weights=str(shared_teachers / "cifar10_resnet56-4bfd9763.th"),
+        data=str(shared_data / "cifar10-jpeg.zip"), budget="40M", trials=8, batch_size=64,
+    )
+    result = run_search(cfg, progress=False)
+    ctx = result.context
+    assert ctx.teacher.pretrained and ctx.data_name.startswith("cifar10")
+    assert not ctx.notes, ctx.notes  # real images and real weights: nothing to warn about
+    complete = result.study.get_trials(states=(TrialState.COMPLETE,))
+    assert len(complete) == 8 and all(t.user_attrs["macs"] <= 40e6 for t in complete)
+    # a trained teacher and real images give a relation term well away from zero for these random students
+    assert all(0 < t.user_attrs["diswot_relation"] < 2 for t in complete)

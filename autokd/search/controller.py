@@ -53,8 +53,8 @@ class SearchConfig:
     batch_size: int | None = None
     proxies: tuple[str, ...] = ("diswot",)
     objective: str = "diswot"
-    population_size: int = 50
-    tournament_size: int = 10
+    population_size: int = 20
+    tournament_size: int = 5
     device: str = "auto"
     val_fraction: float = 0.1
 

@@ -90,8 +90,8 @@ class RegularizedEvolutionSampler(BudgetedRandomSampler):
         self,
         codec: SpecCodec,
         fits: Callable[[ArchSpec], bool],
-        population_size: int = 50,
-        tournament_size: int = 10,
+        population_size: int = 20,
+        tournament_size: int = 5,
         seed: int | None = None,
         max_attempts: int = 2000,
     ):

@@ -140,3 +140,17 @@ def test_search_on_real_cifar10_with_a_trained_teacher(tmp_path, shared_data, sh
     assert len(complete) == 8 and all(t.user_attrs["macs"] <= 40e6 for t in complete)
     # a trained teacher and real images give a relation term well away from zero for these random students
     assert all(0 < t.user_attrs["diswot_relation"] < 2 for t in complete)
+
+
+def test_population_ages_out_the_oldest():
+    codec = SpecCodec({"cifar_resnet": SPACE})
+    sampler = RegularizedEvolutionSampler(codec, lambda s: True, population_size=3, tournament_size=3, seed=1)
+    study = optuna.create_study(direction="maximize", sampler=sampler)
+    values = [9.0, 1.0, 2.0, 3.0, 4.0]  # the best (9.0) is the oldest and must have died
+    for v in values:
+        trial = study.ask()
+        codec.suggest(trial)
+        study.tell(trial, v)
+    population = sampler.population(study)
+    assert [t.number for t in population] == [2, 3, 4]
+    assert sampler.tournament(population) == codec.decode(study.trials[4].params)

@@ -111,8 +111,14 @@ class Recipe:
         )
 
     def replace(self, **changes: Any) -> Recipe:
-        """A copy with some fields changed (validated again); see `with_epochs` to rescale warm-ups too."""
-        return Recipe.from_dict({**self.to_dict(), **changes})
+        """A copy with some fields changed (validated again); see `with_epochs` to rescale warm-ups too.
+        A new loss or feature loss starts from its own default parameters unless they are given too."""
+        data = self.to_dict()
+        if changes.get("loss", self.loss) != self.loss:
+            data["loss_params"] = {}
+        if changes.get("feature_loss", self.feature_loss) != self.feature_loss:
+            data["feature_params"] = {}
+        return Recipe.from_dict({**data, **changes})
 
     def with_epochs(self, epochs: int) -> Recipe:
         """A copy for `epochs` epochs, with the learning-rate and loss warm-ups scaled in proportion."""

@@ -220,7 +220,7 @@ def test_scores_are_deterministic_and_leave_model_and_rng_untouched(batch):
     assert score_candidate(student, batch, again, names) == first
 
 
-@pytest.mark.parametrize("width_match", ["projection", "correlation"])
+@pytest.mark.parametrize("width_match", ["projection", "pool", "correlation"])
 def test_width_mismatch_is_deterministic_and_seeded(batch, width_match):
     teacher, student = resnet("resnet10t"), vit(width=64)  # C_t = 512, C_s = 64
     ref = teacher_reference(teacher, batch.images, batch.labels, width_match=width_match)
@@ -232,8 +232,27 @@ def test_width_mismatch_is_deterministic_and_seeded(batch, width_match):
     reseeded = score_candidate(student, batch, dataclasses.replace(ref, seed=1), ["diswot"])
     if width_match == "projection":
         assert reseeded["diswot_semantic"] != first["diswot_semantic"]
-    else:  # no randomness in the correlation path
+    else:  # no randomness in the pooling and correlation paths
         assert reseeded == first
+
+
+def test_pool_width_match_is_identity_at_equal_width_and_averages_neighbours(batch):
+    teacher = resnet("resnet10t")
+    pooled = teacher_reference(teacher, batch.images, batch.labels, width_match="pool")
+    direct = teacher_reference(teacher, batch.images, batch.labels, width_match="projection")
+    # equal widths: both compare the gradients directly
+    assert score_candidate(teacher, batch, pooled, ["diswot"]) == score_candidate(teacher, batch, direct, ["diswot"])
+    # a student of half the width is compared with the mean of each pair of neighbouring teacher channels
+    from autokd.proxies import classifier_grad, semantic_distance
+    from autokd.proxies.base import forward_outputs
+
+    student = vit(width=256)
+    with torch.no_grad():
+        out = forward_outputs(student, batch.images)
+    grad_s = classifier_grad(out.logits, out.pooled, batch.labels)
+    halved = pooled.grad.reshape(pooled.grad.shape[0], 256, 2).mean(-1)
+    expected = semantic_distance(grad_s, halved)
+    assert score_candidate(student, batch, pooled, ["diswot"])["diswot_semantic"] == pytest.approx(expected, abs=1e-6)
 
 
 def test_random_projection_is_fixed_per_seed_and_scaled():
@@ -388,7 +407,7 @@ def test_bad_input_raises_autokd_error(batch):
     with pytest.raises(AutokdError, match="scoring batch differs"):
         score_candidate(TinyNet(), other, ref, ["diswot"])
     with pytest.raises(AutokdError, match="width_match"):
-        dataclasses.replace(ref, width_match="pool")
+        dataclasses.replace(ref, width_match="nearest")
     wrong_classes = TinyNet()
     wrong_classes.fc = nn.Linear(16, NUM_CLASSES + 1)
     with pytest.raises(AutokdError, match="11 classes but the teacher has 10"):

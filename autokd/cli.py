@@ -41,6 +41,8 @@ def add_search_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--proxies", type=_csv, default=("diswot",),
                    help="scores to compute: diswot,naswot,synflow,grad_norm (params and macs are always recorded)")
     p.add_argument("--objective", default="diswot", help="the score the search maximises (default diswot)")
+    p.add_argument("--width-match", default="projection",
+                   help="how DisWOT compares a student of another width: projection (default), pool, correlation")
     p.add_argument("--top-k", type=int, default=10, help="leaderboard size (default 10)")
     p.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:N")
     p.add_argument("--out", help="folder for leaderboard.csv, top/*.yaml, report.html and the study database")
@@ -59,6 +61,7 @@ def cmd_search(args: argparse.Namespace) -> int:
         storage=args.storage, study_name=args.study, workers=args.workers, teacher_weights=args.teacher_weights,
         img_size=args.img_size, batch_size=args.batch_size, proxies=args.proxies, objective=args.objective,
         population_size=args.population, tournament_size=args.tournament, device=args.device,
+        width_match=args.width_match,
     )
     console = Console(soft_wrap=True, width=None if sys.stdout.isatty() else 160)
     result = run_search(config, out=args.out, top_k=args.top_k, progress=not args.quiet)

@@ -10,21 +10,26 @@ score = -(M_r + M_s), higher = more similar = better student; 0 is the maximum (
   g = (softmax(z) - onehot(y))^T h / B comes from the forward pass, so no backward pass is run.
 
 Students of another width than the teacher (C_s != C_t), `TeacherReference.width_match`:
-- "projection" (as the authors' Auto-Prox): the teacher's gradient goes through a fixed Gaussian
+- "projection" (default, as the authors' Auto-Prox): the teacher's gradient goes through a fixed Gaussian
   projection R (C_t x C_s, scale 1/sqrt(C_s), derived from the reference's seed and cached per (C_t, C_s)).
   Since g_t R = (softmax(z) - onehot(y))^T (h_t R) / B, this is the gradient the teacher would have with a
   fixed random 1x1 conv on its pooled features. Equal widths are compared directly, as in DisWOT.
-- "pool" (default): average the teacher's gradient over groups of neighbouring channels down (or up) to C_s
-  (`adaptive_avg_pool1d`; identity at equal width). Unlike a zero-mean Gaussian projection it keeps the sign
-  structure that pooled ReLU features give every class row, so students of any width are scored on one scale.
-  Measured on CIFAR-10 JPEGs with the trained ResNet-56 teacher (C_t = 64) and 40 random cifar_resnet students:
-  with "projection", M_s was 1.96 +- 0.02 for every student narrower than 64 and 0.88 for width 64, so the score
-  mostly said "has the teacher's width"; with "pool", other widths spread over 0.69 +- 0.18 around the width-64
-  students' 0.88, so the ranking depends on more than that coincidence.
+- "pool": average the teacher's gradient over groups of neighbouring channels down (or up) to C_s
+  (`adaptive_avg_pool1d`; identity at equal width), which keeps the sign structure that pooled ReLU features
+  give every class row.
+
 - "correlation": compare the C x C channel correlations g^T g (rows L2-normalised), average-pooled to the
   smaller width and renormalised, by `||A_s - A_t||_F^2 / C` (0 to 4, like M_s). It replaces M_s for every
   student, equal widths too, so that one search compares one quantity. Pooling assumes that neighbouring
   channel indices are related, which random networks do not promise; the option exists to be measured.
+
+Neither is neutral, measured on CIFAR-10 JPEGs with the trained ResNet-56 teacher (C_t = 64), 40 random
+cifar_resnet students: with "projection", M_s is 1.96 +- 0.02 for every student narrower than 64 and 0.88 for
+width 64, so among mismatched widths M_s carries almost no signal and equal-width students are favoured; with
+"pool", M_s shrinks with the student's width (0.14 at width 8), so a 200-trial search under 50 MMACs ranked
+the narrowest students first. The default keeps the authors' projection, which at least does not steer the
+search towards the smallest models. Which choice ranks distilled accuracy best needs ground truth from trained
+students, which has not been measured yet; `autokd search --width-match` picks one.
 """
 
 from __future__ import annotations

@@ -26,7 +26,7 @@ class TeacherReference:
     grad: torch.Tensor  # (K, C_t) gradient of mean cross-entropy w.r.t. the teacher's classifier weight
     labels: torch.Tensor  # (B,) the scoring batch's labels, to check that students see the same batch
     seed: int = 0
-    width_match: str = "pool"
+    width_match: str = "projection"
     # teacher-side tensors derived per student width (projected gradients, channel correlations)
     cache: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 
@@ -62,7 +62,7 @@ def teacher_reference(
     labels: torch.Tensor,
     *,
     seed: int = 0,
-    width_match: str = "pool",
+    width_match: str = "projection",
     batch_stats: bool = False,
 ) -> TeacherReference:
     """Run the teacher once, in eval mode and without grad, and keep what DisWOT compares students against.

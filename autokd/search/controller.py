@@ -17,7 +17,7 @@ from optuna.trial import TrialState
 from autokd.cost import Budget, format_macs
 from autokd.data import load_data, scoring_batch
 from autokd.errors import AutokdError
-from autokd.proxies import PROXIES, ScoringBatch, teacher_reference
+from autokd.proxies import PROXIES, WIDTH_MATCHES, ScoringBatch, teacher_reference
 from autokd.search.codec import SpecCodec
 from autokd.search.evaluate import CandidateEvaluator
 from autokd.search.samplers import BudgetedRandomSampler, RegularizedEvolutionSampler
@@ -29,7 +29,10 @@ log = logging.getLogger("autokd")
 
 SAMPLERS = ("evolution", "nsga2", "tpe", "random")
 # Studies are keyed by what makes their scores comparable; resuming with another setting is refused.
-STUDY_KEYS = ("teacher", "budget", "params_budget", "img_size", "spaces", "objective", "seed", "batch_size", "data")
+STUDY_KEYS = (
+    "teacher", "budget", "params_budget", "img_size", "spaces", "objective", "seed", "batch_size", "data",
+    "width_match",
+)
 
 
 @dataclass
@@ -53,6 +56,7 @@ class SearchConfig:
     batch_size: int | None = None
     proxies: tuple[str, ...] = ("diswot",)
     objective: str = "diswot"
+    width_match: str = "projection"
     population_size: int = 20
     tournament_size: int = 5
     device: str = "auto"
@@ -91,6 +95,7 @@ class SearchContext:
             "data": self.data_name,
             "num_classes": self.evaluator.num_classes,
             "proxies": list(self.evaluator.proxies),
+            "width_match": c.width_match,
         }
 
 
@@ -116,6 +121,8 @@ def validate(config: SearchConfig) -> Budget:
     for name in config.spaces or ():
         if name not in available_spaces() and not Path(name).is_file():
             raise AutokdError(f"unknown search space {name!r}: choose from {', '.join(available_spaces())}")
+    if config.width_match not in WIDTH_MATCHES:
+        raise AutokdError(f"unknown --width-match {config.width_match!r}: choose one of {', '.join(WIDTH_MATCHES)}")
     if config.trials < 1 or config.workers < 1:
         raise AutokdError("--trials and --workers must be at least 1")
     return budget
@@ -153,7 +160,7 @@ def prepare(config: SearchConfig) -> SearchContext:
     teacher.model.to(device)
     # A random teacher's BatchNorm running statistics mean nothing: score it on batch statistics, as the paper.
     reference = teacher_reference(teacher.model, batch.images, batch.labels, seed=config.seed,
-                                  batch_stats=not teacher.pretrained)
+                                  width_match=config.width_match, batch_stats=not teacher.pretrained)
     teacher.model.to("cpu")
     proxies = list(dict.fromkeys([*config.proxies, "params", "macs"]))
     evaluator = CandidateEvaluator(spaces, budget, len(data.classes), batch, reference, proxies, device, config.seed)

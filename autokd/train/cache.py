@@ -1,10 +1,11 @@
 """TinyViT-style teacher-output cache: top-k probabilities per (sample, augmentation seed), memory-mapped.
 
-One .npy file per epoch under `root/<key>/`, one row per sample of the train part: the view's seed (uint32), a
-filled flag, the top-k class indices (int16, int32 past 32767 classes) and probabilities (fp16). The key hashes the
-teacher (name and weights), the data (name, size, labels), the train transform and the base seed, so a run with
-the same teacher and views reuses rows that any earlier run (another student, another recipe) wrote, and never
-reuses a row for a different view. `autokd.recipes.logit_losses.topk_to_probs` rebuilds the dense target.
+One .npy file per epoch under `root/<key>/`, one row per sample of the train part: the view's seed (uint32),
+a filled flag, the top-k class indices (int16, int32 past 32767 classes) and probabilities (fp16). The key
+hashes the teacher (name and weights), the data (name, size, labels), the train transform and the base seed,
+so a run with the same teacher and views reuses rows that any earlier run (another student, another recipe)
+wrote, and never reuses a row for a different view. `autokd.recipes.topk_to_probs` rebuilds the dense
+target.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ def teacher_fingerprint(name: str, model: nn.Module) -> str:
     h = hashlib.blake2b(name.encode(), digest_size=12)
     for key, value in model.state_dict().items():
         h.update(key.encode())
-        h.update(value.detach().to("cpu").contiguous().view(torch.uint8).numpy().tobytes()
+        h.update(value.detach().to("cpu").contiguous().reshape(-1).view(torch.uint8).numpy().tobytes()
                  if value.numel() else b"")
     return h.hexdigest()
 
@@ -67,7 +68,7 @@ class TeacherCache:
     @classmethod
     def open(cls, root: Path, *, teacher: str, data: ImageDataset, transform: str, seed: int,
              topk: int = DEFAULT_TOPK) -> TeacherCache:
-        """The cache for this teacher fingerprint, data, transform and seed under `root` (made on first use)."""
+        """The cache for this teacher fingerprint, data, transform and seed under `root` (made when used)."""
         topk = min(topk, data.num_classes)
         key = cache_key(teacher, data_fingerprint(data), transform, seed, topk)
         meta = {"teacher": teacher, "data": data.name, "num_samples": len(data.train),
@@ -92,7 +93,8 @@ class TeacherCache:
             tmp.replace(path)
         self._files[epoch] = np.load(path, mmap_mode="r+")
 
-    def lookup(self, epoch: int, indices: np.ndarray, seeds: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def lookup(self, epoch: int, indices: np.ndarray,
+               seeds: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(prob [B,k] fp16, index [B,k], found [B] bool) for the samples `indices` seen with `seeds`."""
         self.prepare(epoch, create=False)
         rows = self._files[epoch][indices]

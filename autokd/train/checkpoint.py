@@ -38,16 +38,17 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
     """A training checkpoint written by `atomic_save`; a missing or corrupt file is a one-line AutokdError."""
     path = Path(path)
     if not path.is_file():
-        raise AutokdError(f"no checkpoint at {str(path)!r} to resume from: give the --out folder of an earlier "
-                          "`autokd train` run, or leave out --resume to start afresh")
+        raise AutokdError(f"no checkpoint at {str(path)!r} to resume from: give the --out folder of an "
+                          "earlier `autokd train` run, or leave out --resume to start afresh")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
         raise AutokdError(f"checkpoint {str(path)!r} is corrupt or not an autokd checkpoint "
                           f"({type(e).__name__}); delete it to start afresh") from None
-    if not isinstance(state, dict) or state.get("format") != FORMAT:
-        raise AutokdError(f"checkpoint {str(path)!r} is not an autokd training checkpoint (format "
-                          f"{state.get('format') if isinstance(state, dict) else None!r}, expected {FORMAT!r})")
+    found = state.get("format") if isinstance(state, dict) else None
+    if found != FORMAT:
+        raise AutokdError(f"checkpoint {str(path)!r} is not an autokd training checkpoint (format {found!r}, "
+                          f"expected {FORMAT!r}); give the --out folder of an `autokd train` run")
     return state
 
 
@@ -69,7 +70,8 @@ def set_rng_state(state: dict[str, Any]) -> None:
     """Restore what `rng_state` captured."""
     random.setstate(_to_tuple(state["python"]))
     n = state["numpy"]
-    np.random.set_state((n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"]))
+    keys = n["keys"].numpy().astype(np.uint32)
+    np.random.set_state((n["kind"], keys, n["pos"], n["has_gauss"], n["gauss"]))
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
         torch.cuda.set_rng_state_all(state["cuda"])

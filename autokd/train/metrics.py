@@ -30,8 +30,9 @@ class ClassificationMeter:
         hit = top == labels[:, None]
         correct = hit[:, 0].double()
         conf = logits.softmax(dim=1).max(dim=1).values.double()
-        self.totals += torch.stack([torch.tensor(float(len(labels)), device=correct.device, dtype=torch.float64),
-                                    correct.sum(), hit.any(dim=1).double().sum()]).to(self.totals.device)
+        count = torch.tensor(float(len(labels)), device=correct.device, dtype=torch.float64)
+        row = torch.stack([count, correct.sum(), hit.any(dim=1).double().sum()])
+        self.totals += row.to(self.totals.device)
         # bin b holds confidences in (b/bins, (b+1)/bins]; a confidence of 0 goes to the first bin
         which = (conf * self.bins).ceil().long().clamp(1, self.bins) - 1
         ones = torch.ones_like(conf)
@@ -66,7 +67,7 @@ class Metrics:
 @torch.no_grad()
 def evaluate(model: nn.Module, loader: DataLoader, info: DistInfo, *, channels_last: bool = False,
              autocast_dtype: torch.dtype | None = None) -> Metrics:
-    """Accuracy and calibration of `model` over `loader` (each process its own shard), summed over processes."""
+    """Accuracy and calibration of `model` over `loader` (each process its shard), summed over processes."""
     was_training = model.training
     model.eval()
     meter = ClassificationMeter(device=info.device)

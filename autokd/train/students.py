@@ -57,8 +57,8 @@ def student_from_yaml(path: str | Path, num_classes: int | None = None) -> Stude
     """A student from `top/<rank>.yaml` (keys `spec`, `search` with img_size/num_classes/budget, `macs`)."""
     path = Path(path).expanduser()
     if not path.is_file():
-        raise AutokdError(f"student spec file {str(path)!r} does not exist: give a top/<rank>.yaml written by "
-                          "`autokd search`, study:NAME#TRIAL or a timm model name")
+        raise AutokdError(f"student spec file {str(path)!r} does not exist: give a top/<rank>.yaml written "
+                          "by `autokd search`, study:NAME#TRIAL or a timm model name")
     try:
         doc = yaml.safe_load(path.read_text())
         spec = ArchSpec.from_dict(doc["spec"])
@@ -116,7 +116,8 @@ def resolve_student(ref: str, num_classes: int, *, storage: str | None = None,
     name; notes (e.g. over budget) are logged."""
     match = STUDY_REF.match(ref)
     if match:
-        student = student_from_trial(storage or DEFAULT_STORAGE, match["name"], int(match["trial"]), num_classes)
+        trial = int(match["trial"])
+        student = student_from_trial(storage or DEFAULT_STORAGE, match["name"], trial, num_classes)
     elif ref.endswith((".yaml", ".yml")) or Path(ref).is_file():
         student = student_from_yaml(ref, num_classes)
     else:

@@ -1,8 +1,8 @@
 """Seed-driven training views: the augmentation of sample i in epoch e is a pure function of (seed, e, i).
 
-So the teacher-output cache can be keyed by (sample, seed), and the teacher and every student see the same view;
-a resumed run also replays exactly the views it would have seen. The sampler yields (epoch, index) pairs, which
-keeps this true in persistent DataLoader workers that never see the main process's epoch counter.
+So the teacher-output cache can be keyed by (sample, seed), and the teacher and every student see the same
+view; a resumed run also replays exactly the views it would have seen. The sampler yields (epoch, index)
+pairs, which keeps this true in persistent DataLoader workers that never see the main process's epoch.
 """
 
 from __future__ import annotations
@@ -40,20 +40,23 @@ def seeded_rng(seed: int) -> Iterator[None]:
 
 class SeededViews(Dataset):
     """Train views of `base[indices]`: `views[(epoch, index)]` is (image, label, index, seed), `index` being
-    the sample's index in `base`, and the transform run under `seeded_rng(derive_seed(seed, epoch, index))`."""
+    the sample's index in `base`, and the transform run under `seeded_rng(derive_seed(seed, epoch, index))`.
+    With `vary=False` (a deterministic transform) every epoch uses the seeds of epoch 0."""
 
-    def __init__(self, base: LabeledImages, indices: Sequence[int], transform: Transform, seed: int):
+    def __init__(self, base: LabeledImages, indices: Sequence[int], transform: Transform, seed: int,
+                 vary: bool = True):
         self.base = base
         self.indices = np.asarray(indices, dtype=np.int64)
         self.transform = transform
         self.seed = seed
+        self.vary = vary
 
     def __len__(self) -> int:
         return len(self.indices)
 
     def __getitem__(self, key: tuple[int, int]):
         epoch, index = key
-        seed = derive_seed(self.seed, epoch, index)
+        seed = derive_seed(self.seed, epoch if self.vary else 0, index)
         image = self.base.load_image(index)
         with seeded_rng(seed):
             view = self.transform(image)

@@ -1,0 +1,44 @@
+"""The distillation trainer: the loop, the teacher-output cache, checkpoints, DDP, metrics and results."""
+
+from autokd.train.cache import TeacherCache, teacher_fingerprint, topk_targets
+from autokd.train.checkpoint import atomic_save, load_checkpoint
+from autokd.train.loop import Batch, Trainer, TrainOptions, no_kd, train_student
+from autokd.train.metrics import ClassificationMeter, Metrics, evaluate
+from autokd.train.results import TrainResult, record_in_study
+from autokd.train.students import (
+    Student,
+    build_from_spec,
+    resolve_student,
+    student_from_timm,
+    student_from_trial,
+    student_from_yaml,
+)
+from autokd.train.views import EpochSampler, SeededViews, derive_seed, seeded_rng
+
+__all__ = [
+    "Batch",
+    "ClassificationMeter",
+    "EpochSampler",
+    "Metrics",
+    "SeededViews",
+    "Student",
+    "TeacherCache",
+    "TrainOptions",
+    "TrainResult",
+    "Trainer",
+    "atomic_save",
+    "build_from_spec",
+    "derive_seed",
+    "evaluate",
+    "load_checkpoint",
+    "no_kd",
+    "record_in_study",
+    "resolve_student",
+    "seeded_rng",
+    "student_from_timm",
+    "student_from_trial",
+    "student_from_yaml",
+    "teacher_fingerprint",
+    "topk_targets",
+    "train_student",
+]

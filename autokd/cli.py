@@ -109,12 +109,141 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
     return 0
 
 
+def add_train_args(p: argparse.ArgumentParser, student: bool = True) -> None:
+    p.add_argument("--teacher", required=not student, help="alias, timm name or pkg.module:factory")
+    p.add_argument("--teacher-weights", help="the teacher's weights file (a random teacher is refused)")
+    if student:
+        p.add_argument("--student", required=True,
+                       help="a spec YAML from `autokd search` (OUT/top/1.yaml), study:NAME#TRIAL, or a timm name")
+        p.add_argument("--storage", help="the storage of a study:NAME#TRIAL student (default sqlite:///autokd.db)")
+        p.add_argument("--recipe", default="kd", help="a preset (kd, dkd, dist, nkd, kd_ls, fitnet, minilm, none, "
+                                                      "kd_adamw) or a recipe YAML/JSON file (default kd)")
+        p.add_argument("--baseline", action="store_true", help="also train the student without KD and report the gain")
+        p.add_argument("--teacher-cache", action="store_true", help="cache the teacher's top-k outputs (TinyViT-style)")
+    p.add_argument("--data", help="ImageFolder dir, ImageFolder zip, or CIFAR pickle folder (default: synthetic demo)")
+    p.add_argument("--epochs", type=int, help="override the recipe's epochs (warm-ups scale with it)")
+    p.add_argument("--batch-size", type=int, help="override the recipe's global batch size")
+    p.add_argument("--lr", type=float, help="override the recipe's learning rate")
+    p.add_argument("--img-size", type=int, help="input resolution (default: the teacher's)")
+    p.add_argument("--out", help="run folder: results.json, best.pt, last.pt")
+    p.add_argument("--resume", nargs="?", const=True, default=False, metavar="DIR",
+                   help="continue the run in --out (or in DIR) from its last checkpoint")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:N")
+    p.add_argument("--workers", type=int, help="data-loading processes")
+    p.add_argument("--compile", action="store_true", help="torch.compile the teacher and the student (CUDA)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def _run_folder(args: argparse.Namespace) -> tuple[Path, bool]:
+    resume = args.resume
+    out = Path(resume) if isinstance(resume, str) else (Path(args.out) if args.out else None)
+    if out is None:
+        raise AutokdError("give the run folder with --out DIR (or --resume DIR)")
+    return out, bool(resume)
+
+
+def _recipe(args: argparse.Namespace, name: str):
+    from autokd.recipes import Recipe
+
+    recipe = Recipe.load(name)
+    if args.epochs:
+        recipe = recipe.with_epochs(args.epochs)
+    changes = {k: v for k, v in (("batch_size", args.batch_size), ("lr", args.lr)) if v is not None}
+    if getattr(args, "teacher_cache", False):
+        changes["teacher_cache"] = True
+    return recipe.replace(**changes) if changes else recipe
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from autokd.data import load_data
+    from autokd.teachers import resolve_teacher
+    from autokd.train import resolve_student, train_student
+
+    out, resume = _run_folder(args)
+    recipe = _recipe(args, args.recipe)
+    data = load_data(args.data, img_size=args.img_size or 32, seed=args.seed)
+    teacher = None
+    if args.teacher:
+        teacher = resolve_teacher(args.teacher, data.num_classes, weights=args.teacher_weights, img_size=args.img_size)
+        for note in teacher.notes:
+            logging.getLogger("autokd").info(note)
+    elif recipe.needs_teacher:
+        raise AutokdError(f"recipe {args.recipe!r} distils from a teacher: give --teacher (or use --recipe none)")
+    student = resolve_student(args.student, data.num_classes, storage=args.storage, img_size=args.img_size)
+    if teacher is not None and student.img_size and student.img_size != teacher.img_size:
+        raise AutokdError(
+            f"the student was searched at {student.img_size} px but the teacher takes {teacher.img_size} px: "
+            "search students for this teacher, or give both the same --img-size"
+        )
+    result = train_student(
+        student, teacher, data, recipe, out, device=args.device, resume=resume, seed=args.seed,
+        baseline=args.baseline, num_workers=args.workers, compile_teacher=args.compile, compile_student=args.compile,
+        progress=not args.quiet,
+    )
+    _print_result(result, out)
+    return 0
+
+
+def cmd_finetune_teacher(args: argparse.Namespace) -> int:
+    """Train the teacher itself with cross-entropy on the user's data; its best.pt is a --teacher-weights file."""
+    from autokd.data import load_data
+    from autokd.teachers import resolve_teacher
+    from autokd.train import Student, train_student
+
+    out, resume = _run_folder(args)
+    recipe = _recipe(args, args.recipe)
+    data = load_data(args.data, img_size=args.img_size or 32, seed=args.seed)
+    teacher = resolve_teacher(args.teacher, data.num_classes, weights=args.teacher_weights, img_size=args.img_size)
+    if not teacher.pretrained:
+        raise AutokdError("fine-tuning starts from trained weights: give --teacher-weights (or cached timm weights)")
+    model = teacher.model.train()
+    for p in model.parameters():
+        p.requires_grad_(True)
+    student = Student(model=model, name=teacher.name, img_size=teacher.img_size)
+    result = train_student(student, None, data, recipe, out, device=args.device, resume=resume, seed=args.seed,
+                           num_workers=args.workers, progress=not args.quiet, img_size=teacher.img_size)
+    _print_result(result, out)
+    print(f"use it with: --teacher {args.teacher} --teacher-weights {out}/best.pt")
+    return 0
+
+
+def _print_result(result, out: Path) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    from autokd.cost import format_macs
+
+    console = Console(soft_wrap=True, width=None if sys.stdout.isatty() else 160)
+    table = Table(title=f"{result.student} ({result.recipe.get('loss')}), {result.epochs} epochs on {result.device}")
+    for col in ("top1", "top5", "ECE", "best top1", "teacher top1", "no-KD top1", "MACs", "params", "latency",
+                "img/s"):
+        table.add_column(col, no_wrap=True)
+
+    def pct(v):
+        return "-" if v is None else f"{v:.2f}%"
+
+    table.add_row(pct(result.top1), pct(result.top5), f"{result.ece:.4f}", pct(result.best_top1),
+                  pct(result.teacher_top1), pct(result.baseline_top1), format_macs(result.macs),
+                  f"{result.params / 1e6:.2f} M", f"{result.latency_ms:.2f} ms", f"{result.images_per_second:.0f}")
+    console.print(table)
+    for note in result.notes:
+        console.print(f"note: {note}")
+    console.print(f"wrote {out}/results.json, {out}/best.pt, {out}/last.pt")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="autokd", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     search = sub.add_parser("search", help="rank and evolve students under a MAC budget, no training")
     add_search_args(search)
     search.set_defaults(func=cmd_search)
+    train = sub.add_parser("train", help="distil a student from the teacher (resumable; torchrun for many GPUs)")
+    add_train_args(train)
+    train.set_defaults(func=cmd_train)
+    finetune = sub.add_parser("finetune-teacher", help="fine-tune the teacher on your data before distilling")
+    add_train_args(finetune, student=False)
+    finetune.set_defaults(func=cmd_finetune_teacher, recipe="none")
     dash = sub.add_parser("dashboard", help="open a study in optuna-dashboard")
     dash.add_argument("--storage", default="sqlite:///autokd.db", help="the study's storage URL")
     dash.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1: this machine only)")

@@ -83,6 +83,7 @@ class Teacher:
     family: str
     num_classes: int
     notes: list[str] = field(default_factory=list)
+    head_trained: bool = True  # False when the classifier was re-initialised for another class count
 
     def transform(self, training: bool = False, **augment):
         """timm's eval (or train) transform for this teacher's input size and normalisation."""
@@ -227,8 +228,9 @@ def _timm_teacher(name: str, num_classes: int, weights: Path | None, img_size: i
                 raise
             raise AutokdError(f"weights from {source} do not fit {name} ({_first_line(e)}): "
                               f"give weights saved from a {name}") from None
+    head_trained = pretrained
     if pretrained:
-        _check_timm_load(name, records, getattr(model, "pretrained_cfg", {}).get("classifier"), source)
+        head_trained = _check_timm_load(name, records, getattr(model, "pretrained_cfg", {}).get("classifier"), source)
     data_cfg = resolve_model_data_config(model)
     return Teacher(
         model=model,
@@ -241,11 +243,13 @@ def _timm_teacher(name: str, num_classes: int, weights: Path | None, img_size: i
         interpolation=str(data_cfg.get("interpolation", "bicubic")),
         family=infer_family(model),
         num_classes=num_classes,
+        head_trained=head_trained,
     )
 
 
-def _check_timm_load(name: str, records: list[logging.LogRecord], classifier, source: str) -> None:
-    """Refuse a weights file whose tensors timm could not place (it only logs them when adapting the head)."""
+def _check_timm_load(name: str, records: list[logging.LogRecord], classifier, source: str) -> bool:
+    """Refuse a weights file whose tensors timm could not place (it only logs them when adapting the head);
+    return whether the classifier itself came from the file."""
     heads = (classifier,) if isinstance(classifier, str) else tuple(classifier or ())
     for record in records:
         message = record.getMessage()
@@ -255,21 +259,27 @@ def _check_timm_load(name: str, records: list[logging.LogRecord], classifier, so
             if body:
                 raise AutokdError(f"weights from {source} do not fit {name}: {len(body)} tensors missing "
                                   f"(e.g. {body[0]}); give weights saved from a {name}")
+            if len(body) < len(keys):
+                return False
+    return True
 
 
 def _cifar_teacher(name: str, num_classes: int, weights: Path | None, img_size: int | None) -> Teacher:
     from autokd.spaces.cifar_resnet import CifarResNet  # lazy: the spaces package is optional here
 
     n = CIFAR_RESNET_BLOCKS[name]
-    model = CifarResNet(depths=(n, n, n), widths=(16, 32, 64), shortcut="A", num_classes=10)
-    if weights is not None:
-        state = _read_state_dict(weights)
+    state = _read_state_dict(weights) if weights is not None else None
+    # a checkpoint fine-tuned on this data (autokd finetune-teacher) already has a head of num_classes
+    head = num_classes if state is not None and state.get("linear.weight", torch.empty(0)).shape[:1] == (
+        num_classes,) else 10
+    model = CifarResNet(depths=(n, n, n), widths=(16, 32, 64), shortcut="A", num_classes=head)
+    if state is not None:
         try:
             model.load_state_dict(state, strict=True)
         except RuntimeError as e:
             raise AutokdError(f"teacher weights {str(weights)!r} do not fit {name} ({_first_line(e)}): "
                               f"give a {name} checkpoint (keys conv1, layer1..3, linear)") from None
-    if num_classes != 10:
+    if num_classes != head:
         if hasattr(model, "reset_classifier"):
             model.reset_classifier(num_classes)
         else:
@@ -279,6 +289,7 @@ def _cifar_teacher(name: str, num_classes: int, weights: Path | None, img_size: 
         model=model,
         name=name,
         pretrained=weights is not None,
+        head_trained=weights is not None and head == num_classes,
         img_size=img_size or 32,
         mean=IMAGENET_MEAN,
         std=IMAGENET_STD,

@@ -148,6 +148,10 @@ def check_inputs(student: nn.Module, teacher: Teacher | None, data: ImageDataset
             raise AutokdError(f"teacher {teacher.name} is randomly initialised: distilling it would teach "
                               "noise; give its trained weights (--teacher-weights PATH) or use the 'none' "
                               "recipe")
+        if not teacher.head_trained:
+            raise AutokdError(f"teacher {teacher.name}'s weights predict other classes, so its head for these "
+                              f"{data.num_classes} classes is untrained: fine-tune it first (autokd "
+                              "finetune-teacher) and pass its best.pt as --teacher-weights")
     if teacher is not None and teacher.num_classes != data.num_classes:
         raise AutokdError(f"the data has {data.num_classes} classes but teacher {teacher.name}'s head has "
                           f"{teacher.num_classes}: resolve the teacher with num_classes={data.num_classes} "

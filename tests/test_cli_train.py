@@ -1,0 +1,117 @@
+import json
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from PIL import Image
+
+from autokd.cli import main
+from autokd.spaces import ArchSpec
+
+STUDENT = ArchSpec.make("cifar_resnet", depths=(1, 1, 1), widths=(8, 16, 16), shortcut="A")
+
+
+@pytest.fixture
+def folder(tmp_path):
+    """A tiny real-format ImageFolder: 10 classes x 12 images, 32 px, colour-coded so it is learnable."""
+    rng = np.random.default_rng(0)
+    for c in range(10):
+        for split, n in (("train", 10), ("test", 2)):
+            d = tmp_path / "data" / split / f"class{c}"
+            d.mkdir(parents=True, exist_ok=True)
+            for i in range(n):
+                pixels = rng.integers(0, 60, (32, 32, 3)) + np.array([25 * c, 255 - 25 * c, 128])
+                Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8)).save(d / f"{i}.png")
+    return tmp_path / "data"
+
+
+@pytest.fixture
+def student_yaml(tmp_path):
+    path = tmp_path / "1.yaml"
+    path.write_text(yaml.safe_dump({"spec": STUDENT.as_dict(), "search": {"img_size": 32, "num_classes": 10}}))
+    return path
+
+
+@pytest.fixture
+def weights(tmp_path):
+    """A 'trained' ResNet-20 checkpoint in the akamaster format (random values: only the format matters here)."""
+    from autokd.spaces.cifar_resnet import CifarResNet
+
+    path = tmp_path / "r20.th"
+    state = {f"module.{k}": v for k, v in CifarResNet(depths=(3, 3, 3)).state_dict().items()}
+    torch.save({"state_dict": state, "best_prec1": 91.7}, path)
+    return path
+
+
+def run(capsys, argv):
+    code = main(argv)
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err.strip().splitlines()
+
+
+def test_train_writes_results_and_resumes(capsys, tmp_path, folder, student_yaml, weights):
+    out = tmp_path / "run"
+    argv = ["train", "--teacher", "resnet20_cifar", "--teacher-weights", str(weights), "--student",
+            str(student_yaml), "--data", str(folder), "--recipe", "kd", "--epochs", "2", "--batch-size", "16",
+            "--out", str(out), "--quiet", "--workers", "0"]
+    code, stdout, err = run(capsys, argv)
+    assert code == 0, err
+    result = json.loads((out / "results.json").read_text())
+    assert result["epochs"] == 2 and 0 <= result["top1"] <= 100 and result["eval_split"] == "test"
+    assert result["macs"] > 0 and "results.json" in stdout
+    state = torch.load(out / "best.pt", weights_only=True)
+    assert set(state["model"]) == set(STUDENT_MODEL_KEYS())
+    # a second fresh run into the same folder is refused; --resume on a finished run changes nothing
+    code, _, err = run(capsys, argv)
+    assert code == 2 and "--resume" in err[-1]
+    code, _, err = run(capsys, [*argv, "--resume"])
+    assert code == 0, err
+    assert json.loads((out / "results.json").read_text())["top1"] == result["top1"]
+
+
+def STUDENT_MODEL_KEYS():
+    from autokd.spaces import load_space
+
+    return load_space("cifar_resnet", 32).build(STUDENT, 10).state_dict().keys()
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--recipe", "magic"], "magic"),
+        (["--teacher-weights", None], "randomly initialised"),
+        (["--student", "nope.yaml"], "does not exist"),
+        (["--resume", "{tmp}/never-ran"], "checkpoint"),
+    ],
+)
+def test_train_errors_are_one_line_exit_2(capsys, tmp_path, folder, student_yaml, weights, extra, message):
+    argv = ["train", "--teacher", "resnet20_cifar", "--teacher-weights", str(weights), "--student",
+            str(student_yaml), "--data", str(folder), "--epochs", "1", "--out", str(tmp_path / "run"), "--quiet"]
+    if extra[1] is None:
+        i = argv.index(extra[0])
+        del argv[i:i + 2]
+    else:
+        argv += [e.format(tmp=tmp_path) for e in extra]
+    code, _, err = run(capsys, argv)
+    assert code == 2
+    assert err[-1].startswith("autokd: error:") and message in err[-1]
+
+
+def test_teacher_trained_for_other_classes_must_be_finetuned_first(capsys, tmp_path, folder, student_yaml, weights):
+    for c in range(5, 10):  # five classes left: the 10-class head no longer fits
+        for split in ("train", "test"):
+            for f in (folder / split / f"class{c}").iterdir():
+                f.unlink()
+            (folder / split / f"class{c}").rmdir()
+    argv = ["--teacher", "resnet20_cifar", "--teacher-weights", str(weights), "--data", str(folder),
+            "--epochs", "1", "--quiet", "--workers", "0", "--batch-size", "10"]
+    code, _, err = run(capsys, ["train", *argv, "--student", str(student_yaml), "--out", str(tmp_path / "a")])
+    assert code == 2 and "finetune-teacher" in err[-1]
+    code, stdout, err = run(capsys, ["finetune-teacher", *argv, "--out", str(tmp_path / "ft")])
+    assert code == 0, err
+    assert f"--teacher-weights {tmp_path}/ft/best.pt" in stdout
+    from autokd.teachers import resolve_teacher
+
+    teacher = resolve_teacher("resnet20_cifar", 5, weights=str(tmp_path / "ft" / "best.pt"))
+    assert teacher.head_trained and teacher.num_classes == 5

@@ -99,6 +99,9 @@ def count_macs(model: nn.Module, img_size: int | tuple[int, int], in_chans: int 
     param = next(model.parameters())
     x = torch.zeros(1, in_chans, h, w, dtype=param.dtype, device=param.device)
     was_training = model.training
+    threads = torch.get_num_threads()
+    # A batch-1 trace is all per-op overhead: extra threads only add synchronisation (0.05 s vs 0.14-0.36 s).
+    torch.set_num_threads(1)
     model.eval()
     try:
         analysis = FlopCountAnalysis(model, x)
@@ -108,6 +111,7 @@ def count_macs(model: nn.Module, img_size: int | tuple[int, int], in_chans: int 
             warnings.simplefilter("ignore", FutureWarning)  # fvcore traces with torch.jit, deprecated in torch 2.x
             return int(analysis.total())
     finally:
+        torch.set_num_threads(threads)
         model.train(was_training)
 
 

@@ -1,0 +1,113 @@
+"""The two benchmarks of issue 2 in tiny configurations: they run, and their tables and JSON hold sane numbers."""
+
+import json
+import math
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+import bench_proxy_speed  # noqa: E402
+import bench_search  # noqa: E402
+
+from autokd.proxies import classifier_grad, relation_gram  # noqa: E402
+from autokd.search import SearchConfig, prepare  # noqa: E402
+from autokd.spaces import load_space  # noqa: E402
+
+# A CIFAR teacher far bigger than the students, so that the per-candidate teacher backward of the public
+# procedure dominates even with timing noise.
+SPEED = ["--teacher", "resnet56_cifar", "--img-size", "32", "--budget", "10M", "--space", "cifar_resnet",
+         "--batch-size", "16", "--threads", "1"]
+SEARCH = ["--teacher", "resnet20_cifar", "--budget", "25M", "--space", "cifar_resnet", "--population", "4",
+          "--tournament", "2", "--threads", "1"]
+
+
+@pytest.fixture(autouse=True)
+def keep_threads():
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_proxy_speed_reports_rates_ratio_and_peak(tmp_path, capsys):
+    out = tmp_path / "speed.json"
+    result = bench_proxy_speed.main([*SPEED, "--candidates", "3", "--baseline-candidates", "2", "--out", str(out)])
+    assert json.loads(out.read_text()) == json.loads(json.dumps(result, default=str))
+    printed = capsys.readouterr().out
+    for column in ("cand/s", "x DisWOT public", "% matmul peak", "autokd score only", "DisWOT public-code"):
+        assert column in printed
+
+    auto, public = result["autokd"], result["diswot_public"]
+    assert auto["candidates"] == 3 and public["candidates"] == 2
+    assert auto["rate_score_only"] > auto["rate_pipeline"] > 0 and public["rate"] > 0
+    # one student forward against a teacher forward+backward plus a student forward+backward per candidate
+    assert result["ratio_score_only"] > 1
+    assert result["ratio_pipeline"] == pytest.approx(auto["rate_pipeline"] / public["rate"])
+    assert result["peak_flops"] > 1e8 and 0 < auto["fraction_of_peak"] < 1
+    assert 0 < public["fraction_of_peak"] < 1
+    assert result["teacher_gmacs"] == pytest.approx(0.1256, rel=0.01)  # ResNet-56: 125.5 MMACs at 32 px
+
+    rows = result["autokd_candidates"]
+    assert {"arch", "spec", "macs", "build_s", "count_s", "score_s", "reject_s", "diswot"} <= set(rows[0])
+    assert {"data_s", "build_s", "teacher_s", "student_s", "diswot"} <= set(result["diswot_public_candidates"][0])
+    assert all(0 < r["macs"] <= 10e6 for r in rows)
+    assert len({r["arch"] for r in rows}) == 3
+    assert auto["mean_gmacs"] == pytest.approx(sum(r["macs"] for r in rows) / 3e9)
+    for r in rows + result["diswot_public_candidates"]:
+        assert math.isfinite(r["diswot"]) and -6 <= r["diswot"] <= 0  # -(M_r in [0,2] + M_s in [0,4])
+    # the baseline scores the same candidates as autokd (on other batches)
+    assert [r["arch"] for r in result["diswot_public_candidates"]] == [r["arch"] for r in rows[:2]]
+
+
+def test_public_procedure_computes_autokds_distances_on_the_same_batch():
+    # The baseline's full backward gives, by autograd, the classifier gradients that autokd takes in closed form
+    # from one forward, and so the same scores: the speed comparison is between two ways to the same quantity.
+    ctx = prepare(SearchConfig(teacher="resnet20_cifar", budget="60M", spaces=("cifar_resnet",), batch_size=16))
+    evaluator, batch, seed = ctx.evaluator, ctx.evaluator.batch, ctx.config.seed
+    ref = evaluator.reference
+    out_t, grad_t = bench_proxy_speed.grad_forward(ctx.teacher.model, batch.images, batch.labels, seed)
+    assert torch.allclose(grad_t, ref.grad, atol=1e-6)
+    assert torch.allclose(relation_gram(out_t.features), ref.relation, atol=1e-6)
+    space = load_space("cifar_resnet", 32)
+    resnet20 = space.seeds()[0]  # the teacher's width, and a narrower student
+    assert resnet20["widths"] == (16, 32, 64) and space.smallest()["widths"][-1] < 64
+    for spec in (resnet20, space.smallest()):
+        student = bench_proxy_speed.build_seeded(evaluator, spec)
+        out_s, grad_s = bench_proxy_speed.grad_forward(student, batch.images, batch.labels, seed)
+        assert torch.allclose(grad_s, classifier_grad(out_s.logits, out_s.pooled, batch.labels), atol=1e-6)
+        m_r, m_s = bench_proxy_speed.public_distances(out_t, grad_t, out_s, batch.labels, seed, ref.width_match)
+        scores = evaluator.score(spec)
+        assert scores["diswot_relation"] == pytest.approx(m_r, rel=1e-4, abs=1e-6)
+        assert scores["diswot_semantic"] == pytest.approx(m_s, rel=1e-4, abs=1e-6)
+
+
+def test_proxy_speed_refuses_more_baseline_candidates_than_candidates(tmp_path):
+    with pytest.raises(SystemExit):
+        bench_proxy_speed.main([*SPEED, "--candidates", "2", "--baseline-candidates", "3",
+                                "--out", str(tmp_path / "x.json")])
+
+
+def test_search_benchmark_compares_evolution_with_random(tmp_path, capsys):
+    out = tmp_path / "search.json"
+    result = bench_search.main([*SEARCH, "--trials", "8", "--seeds", "0", "--out", str(out)])
+    assert json.loads(out.read_text())["summary"] == json.loads(json.dumps(result["summary"]))
+    printed = capsys.readouterr().out
+    for column in ("trials/min", "best diswot", "top-10 mean", "evolution - random"):
+        assert column in printed
+
+    runs = result["runs"]
+    assert [(r["seed"], r["sampler"]) for r in runs] == [(0, "evolution"), (0, "random")]
+    for r in runs:
+        assert r["complete"] == 8
+        assert r["trials_per_min"] > 0 and r["wall_s"] >= r["search_s"] > 0
+        assert r["max_macs"] <= r["budget_macs"] == 25_000_000
+        assert 0 >= r["best"] >= r["top10_mean"] >= -6
+        assert r["best"] >= r["best_at_half"]
+        assert r["same_reference"]
+    s = result["summary"]
+    assert s["seeds"] == 1 and s["all_same_reference"]
+    assert s["evolution_minus_random_best"][0] == pytest.approx(runs[0]["best"] - runs[1]["best"])
+    assert s["trials_per_min_ratio"][0] == pytest.approx(runs[0]["trials_per_min"] / runs[1]["trials_per_min"])
+    assert s["evolution"]["best"] == (runs[0]["best"], 0.0)

@@ -49,13 +49,10 @@ def add_search_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
-def cmd_search(args: argparse.Namespace) -> int:
-    from rich.console import Console
+def _search_config(args: argparse.Namespace):
+    from autokd.search import SearchConfig
 
-    from autokd.cost import format_macs
-    from autokd.search import SearchConfig, run_search
-
-    config = SearchConfig(
+    return SearchConfig(
         teacher=args.teacher, budget=args.budget, params_budget=args.params_budget, data=args.data,
         spaces=args.space, trials=args.trials, timeout=args.timeout, seed=args.seed, sampler=args.sampler,
         storage=args.storage, study_name=args.study, workers=args.workers, teacher_weights=args.teacher_weights,
@@ -63,7 +60,16 @@ def cmd_search(args: argparse.Namespace) -> int:
         population_size=args.population, tournament_size=args.tournament, device=args.device,
         width_match=args.width_match,
     )
-    console = Console(soft_wrap=True, width=None if sys.stdout.isatty() else 160)
+
+
+def cmd_search(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    from autokd.cost import format_macs
+    from autokd.search import run_search
+
+    config = _search_config(args)
+    console = Console(soft_wrap=True, width=None if sys.stdout.isatty() else 200)
     result = run_search(config, out=args.out, top_k=args.top_k, progress=not args.quiet)
     ctx = result.context
     console.print(
@@ -91,6 +97,68 @@ def leaderboard_table(board, objective: str, format_macs):
         table.add_row(
             str(row["rank"]), str(row["trial"]), row["arch"], format_macs(row["macs"]),
             f"{row['params'] / 1e6:.2f} M", f"{row[objective]:.4f}", *[f"{row[c]:.4f}" for c in extra],
+        )
+    return table
+
+
+def add_run_args(p: argparse.ArgumentParser) -> None:
+    add_search_args(p)
+    p.add_argument("--train-top", type=int, default=3, help="distil this many distinct top candidates (default 3)")
+    p.add_argument("--recipe", help="a preset (kd, dkd, dist, nkd, kd_ls, fitnet, minilm, none, kd_adamw) or a "
+                                    "recipe file (default: kd for CNN students, kd_adamw for ViT students)")
+    p.add_argument("--epochs", type=int, help="override the recipe's epochs (warm-ups scale with it)")
+    p.add_argument("--train-batch-size", type=int, help="override the recipe's global batch size")
+    p.add_argument("--lr", type=float, help="override the recipe's learning rate")
+    p.add_argument("--baseline", action="store_true", help="also train each student without KD and report the gain")
+    p.add_argument("--teacher-cache", action="store_true", help="cache the teacher's top-k outputs (TinyViT-style)")
+    p.add_argument("--loader-workers", type=int, help="data-loading processes for training")
+    p.add_argument("--compile", action="store_true", help="torch.compile the teacher and the students (CUDA)")
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    from autokd.cost import format_macs
+    from autokd.pipeline import run_pipeline
+
+    if not args.out:
+        raise AutokdError("give the run folder with --out DIR (the same DIR resumes an interrupted run)")
+    result = run_pipeline(
+        _search_config(args), args.out, train_top=args.train_top, recipe=args.recipe, epochs=args.epochs,
+        batch_size=args.train_batch_size, lr=args.lr, baseline=args.baseline, teacher_cache=args.teacher_cache,
+        num_workers=args.loader_workers, compile=args.compile, top_k=args.top_k, progress=not args.quiet,
+    )
+    console = Console(soft_wrap=True, width=None if sys.stdout.isatty() else 160)
+    study = result.search.study
+    console.print(f"study [bold]{study.study_name}[/] in {result.search.storage_url}: {len(study.trials)} trials; "
+                  f"{len(result.skipped)} finished training(s) reused; {result.seconds:.1f} s")
+    console.print(trained_table(result.trained, args.objective, format_macs))
+    out = result.out
+    if not result.complete:
+        print("autokd: a training was stopped; run the same command again to resume", file=sys.stderr)
+        return 130
+    console.print(f"wrote {out}/trained.csv, {out}/report.html, {out}/train/<rank>/best.pt, {out}/leaderboard.csv")
+    return 0
+
+
+def trained_table(trained, objective: str, format_macs):
+    import pandas as pd
+    from rich.table import Table
+
+    def pct(v):
+        return "-" if pd.isna(v) else f"{v:.2f}%"  # not trained (yet)
+
+    table = Table(title="trained students: proxy rank vs trained rank")
+    for col in ("proxy rank", "trained rank", "trial", "arch", objective, "top1", "no-KD top1", "MACs", "params",
+                "latency"):
+        table.add_column(col, overflow="fold", no_wrap=col != "arch")
+    for row in trained.sort_values(["trained_rank", "proxy_rank"], na_position="last").to_dict("records"):
+        rank = row["trained_rank"]
+        table.add_row(
+            str(row["proxy_rank"]), "-" if pd.isna(rank) else str(rank), str(row["trial"]),
+            row["arch"], f"{row[objective]:.4f}", pct(row["top1"]), pct(row["no_kd_top1"]),
+            format_macs(row["macs"]), f"{row['params'] / 1e6:.2f} M",
+            "-" if pd.isna(row["latency_ms"]) else f"{row['latency_ms']:.2f} ms",
         )
     return table
 
@@ -214,7 +282,7 @@ def _print_result(result, out: Path) -> None:
 
     from autokd.cost import format_macs
 
-    console = Console(soft_wrap=True, width=None if sys.stdout.isatty() else 160)
+    console = Console(soft_wrap=True, width=None if sys.stdout.isatty() else 200)
     table = Table(title=f"{result.student} ({result.recipe.get('loss')}), {result.epochs} epochs on {result.device}")
     for col in ("top1", "top5", "ECE", "best top1", "teacher top1", "no-KD top1", "MACs", "params", "latency",
                 "img/s"):
@@ -244,6 +312,9 @@ def build_parser() -> argparse.ArgumentParser:
     finetune = sub.add_parser("finetune-teacher", help="fine-tune the teacher on your data before distilling")
     add_train_args(finetune, student=False)
     finetune.set_defaults(func=cmd_finetune_teacher, recipe="none")
+    run = sub.add_parser("run", help="search, distil the top candidates, rank them by trained accuracy (resumable)")
+    add_run_args(run)
+    run.set_defaults(func=cmd_run)
     dash = sub.add_parser("dashboard", help="open a study in optuna-dashboard")
     dash.add_argument("--storage", default="sqlite:///autokd.db", help="the study's storage URL")
     dash.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1: this machine only)")

@@ -1,0 +1,183 @@
+"""How well does each training-free proxy rank students by their trained accuracy?
+
+Reads a ground-truth CSV (one row per trained student and seed: spec as autokd JSON, macs, params, kd_acc,
+cls_acc, seed, epochs, device), averages the seeds of each spec, scores every spec with autokd's proxies against
+the teacher on --data (or takes precomputed proxy columns when the CSV has them), and reports for every proxy
+Kendall tau and Spearman rho against kd_acc and cls_acc with seeded bootstrap 95% intervals, and the true rank of
+the proxy's top pick. DisWOT's two terms are distances (lower = closer); they are negated here so that higher is
+better for every proxy.
+
+    python benchmarks/bench_proxy_quality.py --gt benchmarks/results/gt_cifar10.csv \
+        --data ../shared/data/cifar10-jpeg.zip --teacher resnet56_cifar --teacher-weights T.th
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import RESULTS_DIR, machine, print_table, write_json  # noqa: E402
+
+# proxy -> (column autokd records, sign that makes higher = better)
+PROXY_COLUMNS = {
+    "diswot": ("diswot", 1), "diswot_relation": ("diswot_relation", -1), "diswot_semantic": ("diswot_semantic", -1),
+    "naswot": ("naswot", 1), "synflow": ("synflow", 1), "grad_norm": ("grad_norm", 1),
+    "params": ("params", 1), "macs": ("macs", 1),
+}
+SCORED = ("diswot", "naswot", "synflow", "grad_norm")  # what the rescoring asks autokd for
+TARGETS = ("kd_acc", "cls_acc")
+GT_COLUMNS = ("spec", "macs", "params", "kd_acc", "cls_acc", "seed", "epochs", "device")
+
+
+# ------------------------------------------------------------------------------------------- statistics
+def kendall_tau(x: np.ndarray, y: np.ndarray) -> float:
+    """Kendall's tau-b (ties counted as scipy does); nan when either side is constant."""
+    return float(stats.kendalltau(x, y).statistic)
+
+
+def spearman_rho(x: np.ndarray, y: np.ndarray) -> float:
+    return float(stats.spearmanr(x, y).statistic)
+
+
+def bootstrap_ci(x: np.ndarray, y: np.ndarray, statistic, n_resamples: int = 2000, level: float = 0.95,
+                 seed: int = 0) -> tuple[float, float]:
+    """Percentile interval of `statistic(x, y)` over paired resamples of the rows (seeded; degenerate
+    resamples, whose statistic is nan, are left out)."""
+    x, y = np.asarray(x, float), np.asarray(y, float)
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, len(x), size=(n_resamples, len(x)))
+    with warnings.catch_warnings():  # a resample with one distinct value has no correlation: dropped below
+        warnings.simplefilter("ignore", stats.ConstantInputWarning)
+        values = np.array([statistic(x[i], y[i]) for i in idx])
+    values = values[~np.isnan(values)]
+    if values.size == 0:
+        return float("nan"), float("nan")
+    alpha = (1 - level) / 2
+    low, high = np.quantile(values, [alpha, 1 - alpha])
+    return float(low), float(high)
+
+
+def top_pick_rank(score: np.ndarray, target: np.ndarray) -> int:
+    """The true rank (1 = best target) of the row the proxy scores highest; a tie in the target shares the
+    best rank ('min'), a tie in the score picks the first row."""
+    pick = int(np.argmax(np.asarray(score, float)))
+    ranks = stats.rankdata(-np.asarray(target, float), method="min")
+    return int(ranks[pick])
+
+
+def proxy_quality(frame: pd.DataFrame, proxies: list[str], targets: tuple[str, ...] = TARGETS,
+                  n_resamples: int = 2000, seed: int = 0) -> dict[str, dict[str, dict[str, float]]]:
+    """For each proxy and target: tau, rho, their intervals and the top pick's true rank (of len(frame))."""
+    result: dict[str, dict[str, dict[str, float]]] = {}
+    for name in proxies:
+        column, sign = PROXY_COLUMNS[name]
+        score = sign * frame[column].to_numpy(float)
+        result[name] = {}
+        for target in targets:
+            y = frame[target].to_numpy(float)
+            result[name][target] = {
+                "tau": kendall_tau(score, y),
+                "tau_ci": bootstrap_ci(score, y, kendall_tau, n_resamples, seed=seed),
+                "rho": spearman_rho(score, y),
+                "rho_ci": bootstrap_ci(score, y, spearman_rho, n_resamples, seed=seed),
+                "top_pick_rank": top_pick_rank(score, y),
+                "n": len(y),
+            }
+    return result
+
+
+# ---------------------------------------------------------------------------------------------- inputs
+def read_ground_truth(path: str | Path) -> pd.DataFrame:
+    """One row per spec: accuracies averaged over its seeds (with their count), cost and any proxy columns."""
+    raw = pd.read_csv(path)
+    missing = [c for c in ("spec", "macs", "params", *TARGETS) if c not in raw.columns]
+    if missing:
+        raise SystemExit(f"{path} lacks the column(s) {', '.join(missing)}: expected {', '.join(GT_COLUMNS)}")
+    numeric = [c for c in raw.columns if c != "spec" and pd.api.types.is_numeric_dtype(raw[c])]
+    frame = raw.groupby("spec", sort=False)[numeric].mean().reset_index()
+    frame["seeds"] = raw.groupby("spec", sort=False).size().to_numpy()
+    return frame
+
+
+def rescore(frame: pd.DataFrame, args: argparse.Namespace) -> pd.DataFrame:
+    """Score every spec with autokd's proxies, as a search with these settings would."""
+    import torch
+
+    from autokd.search import SearchConfig, prepare
+    from autokd.spaces import ArchSpec
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    specs = [ArchSpec.from_json(s) for s in frame["spec"]]
+    config = SearchConfig(
+        teacher=args.teacher, teacher_weights=args.teacher_weights, data=args.data,
+        budget=str(int(frame["macs"].max() * 1.05) + 1), spaces=tuple(sorted({s.space for s in specs})),
+        img_size=args.img_size, batch_size=args.batch_size, proxies=SCORED, seed=args.seed,
+        width_match=args.width_match, device=args.device,
+    )
+    ctx = prepare(config)
+    scores = [ctx.evaluator.score(spec) for spec in specs]
+    out = frame.copy()
+    for key in ("diswot", "diswot_relation", "diswot_semantic", "naswot", "synflow", "grad_norm"):
+        out[key] = [s[key] for s in scores]
+    return out
+
+
+def main(argv: list[str] | None = None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--gt", required=True, help="ground-truth CSV (benchmarks/build_ground_truth.py)")
+    p.add_argument("--data", help="the data for the scoring batch (not needed when the CSV has proxy columns)")
+    p.add_argument("--teacher", default="resnet56_cifar")
+    p.add_argument("--teacher-weights", help="the teacher's weights (leave out for a random teacher)")
+    p.add_argument("--rescore", action="store_true", help="score the specs even when the CSV has proxy columns")
+    p.add_argument("--img-size", type=int)
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--width-match", default="projection")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--threads", type=int)
+    p.add_argument("--resamples", type=int, default=2000, help="bootstrap resamples (default 2000)")
+    p.add_argument("--out", default=str(RESULTS_DIR / "proxy_quality.json"))
+    args = p.parse_args(argv)
+
+    frame = read_ground_truth(args.gt)
+    have = all(PROXY_COLUMNS[n][0] in frame.columns for n in PROXY_COLUMNS)
+    if args.rescore or not have:
+        if not args.data:
+            raise SystemExit("the CSV has no proxy columns: give --data (and --teacher/--teacher-weights) to score")
+        frame = rescore(frame, args)
+    proxies = list(PROXY_COLUMNS)
+    quality = proxy_quality(frame, proxies, n_resamples=args.resamples, seed=args.seed)
+
+    n = len(frame)
+    rows = []
+    for name in proxies:
+        row = [name]
+        for target in TARGETS:
+            q = quality[name][target]
+            row += [f"{q['tau']:+.3f} [{q['tau_ci'][0]:+.2f}, {q['tau_ci'][1]:+.2f}]",
+                    f"{q['rho']:+.3f} [{q['rho_ci'][0]:+.2f}, {q['rho_ci'][1]:+.2f}]", f"{q['top_pick_rank']}/{n}"]
+        rows.append(row)
+    columns = ["proxy"] + [f"{m} {t}" for t in TARGETS for m in ("tau", "rho", "top pick")]
+    notes = [f"{n} specs ({int(frame['seeds'].sum())} rows) from {args.gt}; bootstrap 95% intervals over "
+             f"{args.resamples} seeded resamples; top pick = true rank of the proxy's best (1 = best)"]
+    print_table("proxy quality: rank correlation with trained accuracy", columns, rows, notes)
+    result = {
+        "gt": str(args.gt), "specs": n, "rows": int(frame["seeds"].sum()),
+        "settings": {k: v for k, v in vars(args).items() if k not in ("gt", "out")},
+        "rescored": args.rescore or not have,
+        "proxies": quality, "machine": machine(),
+    }
+    print(f"wrote {write_json(result, Path(args.out))}")
+    return result
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,288 @@
+"""Ground truth for the proxies: train students spread across the MACs range, with and without KD.
+
+Samples `--students` specs of `cifar_resnet` (and `--vit-students` of `vit` at 32 px) under `--budget`,
+stratified by MACs (log-spaced bins from the space's smallest model to the budget), then trains each one twice
+per seed with one fixed recipe: distilled from the CIFAR-10 teacher (kd_acc) and without KD (cls_acc, the same
+recipe with cross-entropy only). Writes one row per student and seed to benchmarks/results/gt_cifar10.csv:
+spec (autokd JSON), macs, params, kd_acc, cls_acc, seed, epochs, device, note. Runs resume: a finished training
+(results.json) is reused, an interrupted one continues from its last.pt; the CSV is rewritten as pairs finish.
+
+GPU (small models share one GPU well; several processes at once):
+    python benchmarks/build_ground_truth.py --device cuda --workers 6 --students 48 --vit-students 24 \
+        --epochs 30 --seeds 2 --finetune-epochs 15
+CPU (a subset of the training split, few epochs; the note column says so):
+    python benchmarks/build_ground_truth.py --device cpu --workers 2 --threads 1 --students 20 --vit-students 0 \
+        --epochs 3 --subset 5000 --test-subset 2000
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import logging
+import os
+import random
+import sys
+import time
+from collections.abc import Sequence
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from multiprocessing import get_context
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import RESULTS_DIR  # noqa: E402
+
+from autokd.data.datasets import LabeledImages  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared"
+DEFAULT_WEIGHTS = SHARED / "teachers" / "cifar10_resnet56-4bfd9763.th"
+DEFAULT_DATA = SHARED / "data" / "cifar10-jpeg.zip"
+IMG_SIZE = 32
+log = logging.getLogger("autokd")
+
+
+# ------------------------------------------------------------------------------------------- sampling
+def mac_bins(low: float, high: float, n: int) -> np.ndarray:
+    """n log-spaced bins edges from `low` to `high` MACs (n + 1 edges)."""
+    return np.geomspace(low, high, n + 1)
+
+
+def stratified_specs(space_name: str, count: int, budget: int, seed: int, bins: int | None = None,
+                     pool: int = 3000) -> list:
+    """`count` distinct specs under `budget`, spread over log-spaced MACs bins (round-robin over the bins,
+    so sparse bins still get their share); MACs are exact (fvcore)."""
+    from autokd.cost import count_macs
+    from autokd.spaces import load_space
+
+    if count <= 0:
+        return []
+    space = load_space(space_name, IMG_SIZE)
+    rng = random.Random(seed)
+    low = count_macs(space.build(space.smallest(), 10), IMG_SIZE)
+    if low > budget:
+        log.warning("space %s has nothing under %d MACs; skipped", space_name, budget)
+        return []
+    edges = mac_bins(low, budget, bins or min(count, 8))
+    buckets: list[list] = [[] for _ in range(len(edges) - 1)]
+    seen = set()
+    for _ in range(pool):
+        spec = space.sample(rng)
+        estimate = space.estimate_macs(spec, 10)
+        if spec in seen or estimate > budget * 1.02:
+            continue
+        seen.add(spec)
+        b = min(max(int(np.searchsorted(edges, estimate, side="right")) - 1, 0), len(buckets) - 1)
+        buckets[b].append(spec)
+    chosen = []
+    while len(chosen) < count and any(buckets):
+        for bucket in buckets:
+            while bucket and len(chosen) < count:
+                spec = bucket.pop()
+                if count_macs(space.build(spec, 10), IMG_SIZE) <= budget:  # every decision on the real count
+                    chosen.append(spec)
+                    break
+    return sorted(chosen, key=lambda s: space.estimate_macs(s, 10))
+
+
+# ------------------------------------------------------------------------------------------------ data
+def stratified_subset(labels: Sequence[int], n: int, seed: int, exclude: Sequence[int] = ()) -> np.ndarray:
+    """`n` indices with the same share of every class (as far as n allows), none from `exclude`; sorted."""
+    labels = np.asarray(labels)
+    allowed = np.setdiff1d(np.arange(len(labels)), np.asarray(exclude, dtype=np.int64))
+    classes = np.unique(labels)
+    rng = np.random.default_rng(seed)
+    per = [n // len(classes) + (1 if i < n % len(classes) else 0) for i in range(len(classes))]
+    picked = [rng.permutation(allowed[labels[allowed] == c])[:k] for c, k in zip(classes, per)]
+    return np.sort(np.concatenate(picked))
+
+
+def subset_data(data, train: int | None, test: int | None, seed: int):
+    """The dataset with a stratified subset of its training split (never the search's held-out scoring part)
+    and of its test split."""
+    from autokd.data.split import split_indices
+
+    if train:
+        _, heldout = split_indices(data.train.labels, 0.1, 0)  # the split every search scores on
+        data.train = Subset(data.train, stratified_subset(data.train.labels, train, seed, heldout))
+    if test and data.test is not None and test < len(data.test):
+        data.test = Subset(data.test, stratified_subset(data.test.labels, test, seed))
+    return data
+
+
+class Subset(LabeledImages):
+    """Some images of another LabeledImages, as a LabeledImages (the trainer reads its labels and images)."""
+
+    def __init__(self, base: LabeledImages, indices: Sequence[int]):
+        super().__init__([base.labels[i] for i in indices], base.transform)
+        self.base, self.indices = base, [int(i) for i in indices]
+
+    def open_image(self, index: int):
+        return self.base.open_image(self.indices[index])
+
+
+# ------------------------------------------------------------------------------------------- training
+_STATE: dict = {}
+
+
+def _init_worker(args: argparse.Namespace, weights: str | None) -> None:
+    import torch
+
+    from autokd.data import load_data
+    from autokd.teachers import resolve_teacher
+
+    torch.set_num_threads(args.threads or max(1, (os.cpu_count() or 1) // max(1, args.workers)))
+    logging.basicConfig(level=logging.WARNING, format="autokd: %(message)s")
+    data = subset_data(load_data(args.data, img_size=IMG_SIZE, seed=0), args.subset, args.test_subset, 0)
+    teacher = resolve_teacher(args.teacher, data.num_classes, weights=weights)
+    _STATE.update(data=data, teacher=teacher, args=args)
+
+
+def run_dir(runs: Path, spec_json: str, kind: str, seed: int) -> Path:
+    digest = hashlib.sha1(spec_json.encode()).hexdigest()[:10]
+    return runs / digest / f"{kind}-s{seed}"
+
+
+def train_one(spec_json: str, kind: str, seed: int) -> dict:
+    """Train one student (kind 'kd' or 'cls') in its own run folder; reuse or resume what is there."""
+    import torch
+
+    from autokd.recipes import Recipe
+    from autokd.spaces import ArchSpec
+    from autokd.train import TrainResult, build_from_spec, no_kd, train_student
+
+    args, data, teacher = _STATE["args"], _STATE["data"], _STATE["teacher"]
+    folder = run_dir(Path(args.runs), spec_json, kind, seed)
+    done = folder / "results.json"
+    if done.is_file() and TrainResult.load(done).stopped is None:
+        result = TrainResult.load(done)
+    else:
+        recipe = Recipe.load(args.recipe).with_epochs(args.epochs)
+        if args.batch_size:
+            recipe = recipe.replace(batch_size=args.batch_size)
+        recipe = recipe if kind == "kd" else no_kd(recipe)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)  # the same initial weights for kd and cls
+            student = build_from_spec(ArchSpec.from_json(spec_json), data.num_classes, IMG_SIZE)
+        result = train_student(student, teacher if kind == "kd" else None, data, recipe, folder,
+                               device=args.device, resume=(folder / "last.pt").is_file(), seed=seed,
+                               num_workers=0, progress=False, img_size=IMG_SIZE)
+    return {"spec": spec_json, "kind": kind, "seed": seed, "top1": result.top1, "best_top1": result.best_top1,
+            "macs": result.macs, "params": result.params, "epochs": result.epochs, "device": result.device,
+            "teacher_top1": result.teacher_top1, "seconds": result.seconds}
+
+
+def finetune_teacher(args: argparse.Namespace) -> str | None:
+    """Fine-tune the teacher on the (subset) training split first; its best.pt becomes the teacher weights."""
+    from autokd.data import load_data
+    from autokd.recipes import Recipe
+    from autokd.teachers import resolve_teacher
+    from autokd.train import Student, TrainResult, train_student
+
+    if not args.finetune_epochs:
+        return args.teacher_weights
+    folder = Path(args.runs) / "teacher"
+    if not ((folder / "results.json").is_file() and TrainResult.load(folder / "results.json").stopped is None):
+        data = subset_data(load_data(args.data, img_size=IMG_SIZE, seed=0), args.subset, args.test_subset, 0)
+        teacher = resolve_teacher(args.teacher, data.num_classes, weights=args.teacher_weights)
+        model = teacher.model.train()
+        for p in model.parameters():
+            p.requires_grad_(True)
+        recipe = Recipe.load("none").with_epochs(args.finetune_epochs).replace(lr=args.finetune_lr)
+        result = train_student(Student(model, teacher.name, img_size=teacher.img_size), None, data, recipe, folder,
+                               device=args.device, resume=(folder / "last.pt").is_file(), num_workers=0,
+                               progress=False, img_size=teacher.img_size)
+        print(f"teacher fine-tuned {args.finetune_epochs} epochs: top-1 {result.top1:.2f}%", flush=True)
+    return str(folder / "best.pt")
+
+
+def rows_from(results: list[dict], note: str) -> pd.DataFrame:
+    """One row per (spec, seed) with both trainings done: kd_acc and cls_acc side by side."""
+    from autokd.spaces import ArchSpec
+
+    frame = pd.DataFrame(results)
+    if frame.empty:
+        return frame
+    kd = frame[frame["kind"] == "kd"].set_index(["spec", "seed"])
+    cls = frame[frame["kind"] == "cls"].set_index(["spec", "seed"])
+    both = kd.join(cls[["top1", "best_top1", "seconds"]], rsuffix="_cls", how="inner")
+    both = both.rename(columns={"top1": "kd_acc", "best_top1": "kd_best", "top1_cls": "cls_acc",
+                                "best_top1_cls": "cls_best"}).reset_index()
+    both["space"] = [ArchSpec.from_json(s).space for s in both["spec"]]
+    both["note"] = note
+    cols = ["spec", "space", "macs", "params", "kd_acc", "cls_acc", "seed", "epochs", "device", "kd_best",
+            "cls_best", "teacher_top1", "seconds", "seconds_cls", "note"]
+    return both[cols].sort_values(["space", "macs", "seed"]).reset_index(drop=True)
+
+
+def main(argv: list[str] | None = None) -> Path:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--teacher", default="resnet56_cifar")
+    p.add_argument("--teacher-weights", default=str(DEFAULT_WEIGHTS) if DEFAULT_WEIGHTS.exists() else None)
+    p.add_argument("--data", default=str(DEFAULT_DATA))
+    p.add_argument("--finetune-epochs", type=int, default=0, help="fine-tune the teacher on the train split first")
+    p.add_argument("--finetune-lr", type=float, default=0.01)
+    p.add_argument("--students", type=int, default=40, help="cifar_resnet students (default 40)")
+    p.add_argument("--vit-students", type=int, default=20, help="vit students at 32 px (default 20)")
+    p.add_argument("--budget", default="50M", help="MAC budget every student stays under (default 50M)")
+    p.add_argument("--bins", type=int, help="MACs bins per space (default min(students, 8))")
+    p.add_argument("--recipe", default="kd", help="the one recipe for every student (cls: the same without KD)")
+    p.add_argument("--epochs", type=int, default=30)
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--subset", type=int, help="train on a stratified subset of N training images")
+    p.add_argument("--test-subset", type=int, help="evaluate on a stratified subset of N test images")
+    p.add_argument("--seeds", type=int, default=1)
+    p.add_argument("--seed", type=int, default=0, help="sampling seed")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--workers", type=int, default=1, help="parallel training processes")
+    p.add_argument("--threads", type=int, help="torch threads per process (default cores / workers)")
+    p.add_argument("--runs", default=str(ROOT / "runs" / "gt_cifar10"), help="run folders (resumable)")
+    p.add_argument("--out", default=str(RESULTS_DIR / "gt_cifar10.csv"))
+    p.add_argument("--note", help="extra words for the note column")
+    args = p.parse_args(argv)
+
+    import torch
+
+    from autokd.cost import Budget
+
+    if args.device == "auto":
+        args.device = "cuda" if torch.cuda.is_available() else "cpu"
+    budget = Budget.parse(args.budget).macs
+    specs = [*stratified_specs("cifar_resnet", args.students, budget, args.seed, args.bins),
+             *stratified_specs("vit", args.vit_students, budget, args.seed, args.bins)]
+    weights = finetune_teacher(args)
+    train_note = f"{args.subset}-image stratified subset" if args.subset else "full train split"
+    test_note = f"{args.test_subset}-image test subset" if args.test_subset else "full test split"
+    ft = f"fine-tuned {args.finetune_epochs} epochs" if args.finetune_epochs else "not fine-tuned on the JPEGs"
+    note = (f"{args.device.upper()} version: {train_note}, {test_note}, {args.epochs} epochs, recipe {args.recipe}, "
+            f"teacher {args.teacher} {ft}, budget {args.budget}" + (f"; {args.note}" if args.note else ""))
+    jobs = [(s.to_json(), kind, seed) for seed in range(args.seeds) for s in specs for kind in ("kd", "cls")]
+    print(f"{len(specs)} students x {args.seeds} seed(s) x 2 = {len(jobs)} trainings on {args.device} with "
+          f"{args.workers} worker(s); {note}", flush=True)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    results: list[dict] = []
+    start = time.perf_counter()
+    with ProcessPoolExecutor(args.workers, mp_context=get_context("spawn"), initializer=_init_worker,
+                             initargs=(args, weights)) as pool:
+        futures = [pool.submit(train_one, *job) for job in jobs]
+        for i, future in enumerate(as_completed(futures), 1):
+            results.append(future.result())
+            r = results[-1]
+            print(f"[{i}/{len(jobs)}] {r['kind']} s{r['seed']} {r['macs'] / 1e6:.1f}M top1 {r['top1']:.2f}% "
+                  f"({r['seconds']:.0f} s; {time.perf_counter() - start:.0f} s total)", flush=True)
+            rows = rows_from(results, note)
+            if not rows.empty:
+                tmp = out.with_suffix(".tmp")
+                rows.to_csv(tmp, index=False)
+                os.replace(tmp, out)
+    print(f"wrote {out}: {len(rows_from(results, note))} rows in {time.perf_counter() - start:.0f} s")
+    return out
+
+
+if __name__ == "__main__":
+    logging.basicConfig(level=logging.WARNING, format="autokd: %(message)s")
+    main()

@@ -33,6 +33,7 @@ PROXY_COLUMNS = {
 }
 SCORED = ("diswot", "naswot", "synflow", "grad_norm")  # what the rescoring asks autokd for
 TARGETS = ("kd_acc", "cls_acc")
+UNAVAILABLE: dict[str, str] = {}  # proxy -> why it could not score some spec
 GT_COLUMNS = ("spec", "macs", "params", "kd_acc", "cls_acc", "seed", "epochs", "device")
 
 
@@ -79,9 +80,15 @@ def proxy_quality(frame: pd.DataFrame, proxies: list[str], targets: tuple[str, .
     for name in proxies:
         column, sign = PROXY_COLUMNS[name]
         score = sign * frame[column].to_numpy(float)
+        scored = ~np.isnan(score)  # a proxy that could not score some specs is judged on the rest (see "n")
+        score = score[scored]
         result[name] = {}
         for target in targets:
-            y = frame[target].to_numpy(float)
+            y = frame[target].to_numpy(float)[scored]
+            if len(y) < 2:
+                result[name][target] = {"tau": np.nan, "tau_ci": (np.nan, np.nan), "rho": np.nan,
+                                        "rho_ci": (np.nan, np.nan), "top_pick_rank": None, "n": len(y)}
+                continue
             result[name][target] = {
                 "tau": kendall_tau(score, y),
                 "tau_ci": bootstrap_ci(score, y, kendall_tau, n_resamples, seed=seed),
@@ -110,6 +117,8 @@ def rescore(frame: pd.DataFrame, args: argparse.Namespace) -> pd.DataFrame:
     """Score every spec with autokd's proxies, as a search with these settings would."""
     import torch
 
+    from autokd.errors import AutokdError
+    from autokd.proxies import score_candidate
     from autokd.search import SearchConfig, prepare
     from autokd.spaces import ArchSpec
 
@@ -123,10 +132,24 @@ def rescore(frame: pd.DataFrame, args: argparse.Namespace) -> pd.DataFrame:
         width_match=args.width_match, device=args.device,
     )
     ctx = prepare(config)
-    scores = [ctx.evaluator.score(spec) for spec in specs]
+    ev = ctx.evaluator
+    scores = []
+    for spec in specs:
+        names = list(SCORED)
+        while True:  # a proxy that cannot read this model (e.g. NASWOT without ReLU modules) is left out
+            try:
+                model = ev.build(spec).to(ev.device)
+                scores.append(score_candidate(model, ev.batch, ev.reference, names, cost=ev.cost(spec)))
+                break
+            except AutokdError as err:
+                failed = next((n for n in names if repr(n) in str(err) or n.upper() in str(err)), None)
+                if failed is None:
+                    raise
+                names.remove(failed)
+                UNAVAILABLE.setdefault(failed, str(err))
     out = frame.copy()
     for key in ("diswot", "diswot_relation", "diswot_semantic", "naswot", "synflow", "grad_norm"):
-        out[key] = [s[key] for s in scores]
+        out[key] = [s.get(key, np.nan) for s in scores]
     return out
 
 
@@ -163,16 +186,18 @@ def main(argv: list[str] | None = None) -> dict:
         for target in TARGETS:
             q = quality[name][target]
             row += [f"{q['tau']:+.3f} [{q['tau_ci'][0]:+.2f}, {q['tau_ci'][1]:+.2f}]",
-                    f"{q['rho']:+.3f} [{q['rho_ci'][0]:+.2f}, {q['rho_ci'][1]:+.2f}]", f"{q['top_pick_rank']}/{n}"]
+                    f"{q['rho']:+.3f} [{q['rho_ci'][0]:+.2f}, {q['rho_ci'][1]:+.2f}]",
+                    f"{q['top_pick_rank'] or '-'}/{q['n']}"]
         rows.append(row)
     columns = ["proxy"] + [f"{m} {t}" for t in TARGETS for m in ("tau", "rho", "top pick")]
     notes = [f"{n} specs ({int(frame['seeds'].sum())} rows) from {args.gt}; bootstrap 95% intervals over "
              f"{args.resamples} seeded resamples; top pick = true rank of the proxy's best (1 = best)"]
+    notes += [f"{name}: not scored ({why})" for name, why in UNAVAILABLE.items()]
     print_table("proxy quality: rank correlation with trained accuracy", columns, rows, notes)
     result = {
         "gt": str(args.gt), "specs": n, "rows": int(frame["seeds"].sum()),
         "settings": {k: v for k, v in vars(args).items() if k not in ("gt", "out")},
-        "rescored": args.rescore or not have,
+        "rescored": args.rescore or not have, "unavailable": UNAVAILABLE,
         "proxies": quality, "machine": machine(),
     }
     print(f"wrote {write_json(result, Path(args.out))}")

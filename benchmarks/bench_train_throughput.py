@@ -99,7 +99,7 @@ def bench_pair(teacher_name: str, student_name: str, img: int, batch: int, steps
                device: torch.device, compile_: bool, tmp: Path, peak: float | None) -> list[dict[str, Any]]:
     pair = f"{teacher_name}->{student_name}"
     teacher = resolve_teacher(teacher_name, NUM_CLASSES, img_size=img)
-    teacher.pretrained = True  # speed does not depend on the weights; lets the trainer distil it
+    teacher.pretrained = teacher.head_trained = True  # speed does not depend on the weights
     t_macs = count_macs(teacher.model, img)
     s_macs = count_macs(_student(student_name, img), img)
     torch.manual_seed(0)

@@ -206,11 +206,11 @@ def rows_from(results: list[dict], note: str) -> pd.DataFrame:
     frame = pd.DataFrame(results)
     if frame.empty:
         return frame
-    kd = frame[frame["kind"] == "kd"].set_index(["spec", "seed"])
-    cls = frame[frame["kind"] == "cls"].set_index(["spec", "seed"])
-    both = kd.join(cls[["top1", "best_top1", "seconds"]], rsuffix="_cls", how="inner")
+    kd = frame[frame["kind"] == "kd"]
+    cls = frame[frame["kind"] == "cls"][["spec", "seed", "top1", "best_top1", "seconds"]]
+    both = kd.merge(cls, on=["spec", "seed"], suffixes=("", "_cls"))
     both = both.rename(columns={"top1": "kd_acc", "best_top1": "kd_best", "top1_cls": "cls_acc",
-                                "best_top1_cls": "cls_best"}).reset_index()
+                                "best_top1_cls": "cls_best"})
     both["space"] = [ArchSpec.from_json(s).space for s in both["spec"]]
     both["note"] = note
     cols = ["spec", "space", "macs", "params", "kd_acc", "cls_acc", "seed", "epochs", "device", "kd_best",
@@ -259,7 +259,8 @@ def main(argv: list[str] | None = None) -> Path:
     ft = f"fine-tuned {args.finetune_epochs} epochs" if args.finetune_epochs else "not fine-tuned on the JPEGs"
     note = (f"{args.device.upper()} version: {train_note}, {test_note}, {args.epochs} epochs, recipe {args.recipe}, "
             f"teacher {args.teacher} {ft}, budget {args.budget}" + (f"; {args.note}" if args.note else ""))
-    jobs = [(s.to_json(), kind, seed) for seed in range(args.seeds) for s in specs for kind in ("kd", "cls")]
+    order = random.Random(args.seed).sample(specs, len(specs))  # a partial run still spans the MACs range
+    jobs = [(s.to_json(), kind, seed) for seed in range(args.seeds) for s in order for kind in ("kd", "cls")]
     print(f"{len(specs)} students x {args.seeds} seed(s) x 2 = {len(jobs)} trainings on {args.device} with "
           f"{args.workers} worker(s); {note}", flush=True)
     out = Path(args.out)

@@ -44,8 +44,14 @@ WORKER = textwrap.dedent('''
 
 
     if __name__ == "__main__":
+        import os
+        from pathlib import Path
+
         result = main(sys.argv[1])
-        print(json.dumps({"world_size": result.world_size, "top1": result.top1}))
+        # one file per rank: two processes printing to one pipe can interleave their lines
+        rank = os.environ.get("RANK", "0")
+        record = {"world_size": result.world_size, "top1": result.top1}
+        (Path(sys.argv[1]).parent / f"rank{rank}.json").write_text(json.dumps(record))
 ''')
 
 
@@ -63,7 +69,7 @@ def test_two_gloo_processes_match_one_process(worker, tmp_path):
                str(worker), str(tmp_path / "ddp")]
     proc = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    ranks = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
+    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
     assert [r["world_size"] for r in ranks] == [2, 2]
     assert ranks[0]["top1"] == ranks[1]["top1"]  # evaluation is summed over both shards
 

@@ -1,0 +1,87 @@
+"""bench_proxy_quality.py on a synthetic ground truth whose correlations are known exactly."""
+
+import json
+import math
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+import bench_proxy_quality as bpq  # noqa: E402
+
+from autokd.spaces import ArchSpec  # noqa: E402
+
+N = 8
+
+
+def swap(values, i, j):
+    values = list(values)
+    values[i], values[j] = values[j], values[i]
+    return values
+
+
+@pytest.fixture
+def gt_csv(tmp_path):
+    """N specs, two seeds each (kd_acc 50+i +- 1, so the mean is 50+i); cls_acc in the reverse order."""
+    kd = [50.0 + i for i in range(N)]
+    rows = []
+    for i in range(N):
+        spec = ArchSpec.make("cifar_resnet", depths=(i + 1, 1, 1), widths=(8, 16, 16), shortcut="A").to_json()
+        proxies = {
+            "diswot": kd[i],                              # perfect
+            "naswot": -kd[i],                             # perfectly wrong
+            "synflow": swap(kd, 2, 3)[i],                 # one adjacent pair swapped, away from the top
+            "grad_norm": swap(kd, N - 1, N - 2)[i],       # the top two swapped: top pick is second best
+            "diswot_relation": -kd[i],                    # a distance: lower = better, so perfect once negated
+            "diswot_semantic": kd[i],                     # a distance that grows with accuracy: tau -1
+        }
+        for seed, delta in ((0, -1.0), (1, 1.0)):
+            rows.append({"spec": spec, "macs": 1000 * (N - i), "params": 10 * (i % 3), "kd_acc": kd[i] + delta,
+                         "cls_acc": 40.0 - i + delta, "seed": seed, "epochs": 3, "device": "cpu", **proxies,
+                         "note": "synthetic"})
+    path = tmp_path / "gt.csv"
+    pd.DataFrame(rows).to_csv(path, index=False)
+    return path
+
+
+def test_known_correlations_and_top_picks(gt_csv, tmp_path, capsys):
+    out = tmp_path / "q.json"
+    result = bpq.main(["--gt", str(gt_csv), "--resamples", "300", "--out", str(out)])
+    assert json.loads(out.read_text())["specs"] == N and result["rows"] == 2 * N and not result["rescored"]
+    q = result["proxies"]
+    pairs = N * (N - 1) / 2
+    assert q["diswot"]["kd_acc"]["tau"] == pytest.approx(1.0) and q["diswot"]["kd_acc"]["top_pick_rank"] == 1
+    assert q["diswot"]["kd_acc"]["tau_ci"] == pytest.approx((1.0, 1.0))
+    assert q["naswot"]["kd_acc"]["tau"] == pytest.approx(-1.0) and q["naswot"]["kd_acc"]["top_pick_rank"] == N
+    assert q["synflow"]["kd_acc"]["tau"] == pytest.approx(1 - 2 / pairs)  # = 1 - 4 / (n (n - 1))
+    assert q["synflow"]["kd_acc"]["rho"] == pytest.approx(1 - 12 / (N * (N**2 - 1)))
+    assert q["synflow"]["kd_acc"]["top_pick_rank"] == 1 and q["grad_norm"]["kd_acc"]["top_pick_rank"] == 2
+    assert q["diswot_relation"]["kd_acc"]["tau"] == pytest.approx(1.0)
+    assert q["diswot_semantic"]["kd_acc"]["tau"] == pytest.approx(-1.0)
+    assert q["macs"]["kd_acc"]["tau"] == pytest.approx(-1.0) and q["macs"]["kd_acc"]["top_pick_rank"] == N
+    # cls_acc runs the other way round
+    assert q["diswot"]["cls_acc"]["tau"] == pytest.approx(-1.0) and q["macs"]["cls_acc"]["tau"] == pytest.approx(1.0)
+    low, high = q["synflow"]["kd_acc"]["tau_ci"]
+    assert low < q["synflow"]["kd_acc"]["tau"] <= high <= 1.0
+    assert "diswot_semantic" in capsys.readouterr().out
+
+
+def test_statistics_by_hand():
+    x = np.array([1.0, 2.0, 3.0, 4.0])
+    assert bpq.kendall_tau(x, x[::-1]) == pytest.approx(-1.0)
+    assert bpq.kendall_tau(x, np.array([1.0, 3.0, 2.0, 4.0])) == pytest.approx(4 / 6)  # 5 concordant, 1 discordant
+    assert math.isnan(bpq.kendall_tau(x, np.ones(4)))
+    # a tie in the target shares the best rank; the proxy's pick is row 2
+    assert bpq.top_pick_rank(np.array([0.1, 0.2, 0.9, 0.3]), np.array([70.0, 80.0, 80.0, 60.0])) == 1
+    assert bpq.top_pick_rank(np.array([0.1, 0.2, 0.9, 0.3]), np.array([70.0, 80.0, 65.0, 60.0])) == 3
+    a = bpq.bootstrap_ci(x, np.array([1.0, 3.0, 2.0, 4.0]), bpq.kendall_tau, 200, seed=1)
+    assert a == bpq.bootstrap_ci(x, np.array([1.0, 3.0, 2.0, 4.0]), bpq.kendall_tau, 200, seed=1)  # seeded
+
+
+def test_seeds_are_averaged(gt_csv):
+    frame = bpq.read_ground_truth(gt_csv)
+    assert len(frame) == N and (frame["seeds"] == 2).all()
+    assert list(frame["kd_acc"]) == [50.0 + i for i in range(N)]

@@ -7,6 +7,7 @@ Hugging Face cache or given as a file; otherwise the teacher is randomly initial
 from __future__ import annotations
 
 import argparse
+import contextlib
 import difflib
 import importlib
 import importlib.util
@@ -129,12 +130,10 @@ def infer_family(model: nn.Module) -> str:
 
 def _force_offline() -> None:
     os.environ["HF_HUB_OFFLINE"] = "1"
-    try:  # huggingface_hub reads the variable once, at import
+    with contextlib.suppress(ImportError):  # huggingface_hub reads the variable once, at import
         from huggingface_hub import constants
 
         constants.HF_HUB_OFFLINE = True
-    except ImportError:
-        pass
 
 
 def _check_weights_path(weights: str | Path | None) -> Path | None:

@@ -42,6 +42,8 @@ class BasicBlock(nn.Module):
         self.bn1 = nn.BatchNorm2d(planes)
         self.conv2 = nn.Conv2d(planes, planes, 3, stride=1, padding=1, bias=False)
         self.bn2 = nn.BatchNorm2d(planes)
+        # activations as modules, so hooks (NASWOT's binary codes) see them
+        self.act1, self.act2 = nn.ReLU(), nn.ReLU()
         self.shortcut: nn.Module = nn.Sequential()
         if stride != 1 or in_planes != planes:
             if shortcut == "A":
@@ -52,9 +54,9 @@ class BasicBlock(nn.Module):
                 )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = F.relu(self.bn1(self.conv1(x)))
+        out = self.act1(self.bn1(self.conv1(x)))
         out = self.bn2(self.conv2(out))
-        return F.relu(out + self.shortcut(x))
+        return self.act2(out + self.shortcut(x))
 
 
 class CifarResNet(nn.Module):
@@ -76,6 +78,7 @@ class CifarResNet(nn.Module):
         self.num_features = widths[-1]
         self.conv1 = nn.Conv2d(3, widths[0], 3, stride=1, padding=1, bias=False)
         self.bn1 = nn.BatchNorm2d(widths[0])
+        self.act1 = nn.ReLU()
         in_planes = widths[0]
         for stage, (depth, planes) in enumerate(zip(depths, widths)):
             blocks = []
@@ -90,7 +93,7 @@ class CifarResNet(nn.Module):
                 nn.init.kaiming_normal_(m.weight)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        x = F.relu(self.bn1(self.conv1(x)))
+        x = self.act1(self.bn1(self.conv1(x)))
         return self.layer3(self.layer2(self.layer1(x)))
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:

@@ -2,6 +2,7 @@
 
 from autokd.train.cache import TeacherCache, teacher_fingerprint, topk_targets
 from autokd.train.checkpoint import atomic_save, load_checkpoint
+from autokd.train.finetune import finetune_teacher
 from autokd.train.loop import Batch, Trainer, TrainOptions, no_kd, train_student
 from autokd.train.metrics import ClassificationMeter, Metrics, evaluate
 from autokd.train.results import TrainResult, record_in_study
@@ -30,6 +31,7 @@ __all__ = [
     "build_from_spec",
     "derive_seed",
     "evaluate",
+    "finetune_teacher",
     "load_checkpoint",
     "no_kd",
     "record_in_study",

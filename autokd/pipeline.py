@@ -1,0 +1,221 @@
+"""`autokd run` as a library call: search, distil the top distinct candidates, rank them by trained accuracy.
+
+Every stage is recorded in the study's user_attrs (`stage/search`, `stage/train/<rank>`: running | done, with
+`artifacts/...` paths), and each stage leaves its files on disk, so running the same call again after a crash
+redoes nothing finished: search trials are kept (the study resumes), finished trainings are skipped
+(out/train/<rank>/results.json), an interrupted training resumes from its last.pt.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from math import nan
+from pathlib import Path
+
+import optuna
+import pandas as pd
+import torch
+
+from autokd.data import load_data
+from autokd.errors import AutokdError
+from autokd.recipes import Recipe
+from autokd.report import leaderboard
+from autokd.search import SearchConfig, SearchResult, run_search
+from autokd.train import TrainResult, student_from_trial, train_student
+from autokd.train.results import write_json
+
+log = logging.getLogger("autokd")
+
+CNN_SPACES = ("cifar_resnet", "resnet", "mobilenet")
+REPORT_START, REPORT_END = "<!-- autokd run: trained -->", "<!-- /autokd run: trained -->"
+
+
+@dataclass
+class RunResult:
+    """The search, one TrainResult per trained rank, and the trained leaderboard (out/trained.csv)."""
+
+    search: SearchResult
+    trained: pd.DataFrame
+    results: dict[int, TrainResult]
+    out: Path
+    seconds: float
+    complete: bool = True  # False when a training was stopped (SIGTERM): run again to resume
+    skipped: list[int] = field(default_factory=list)  # ranks whose finished training was reused
+
+
+def default_recipe(space: str) -> str:
+    """The preset that suits a student of `space`: plain KD (SGD) for CNNs, KD with AdamW for ViTs."""
+    return "kd" if space in CNN_SPACES else "kd_adamw"
+
+
+def distinct_candidates(study: optuna.Study, objective: str, k: int) -> pd.DataFrame:
+    """The top `k` complete trials by `objective` with distinct specs (evolution can score a spec twice)."""
+    board = leaderboard(study, objective)
+    if board.empty:
+        return board
+    board = board.drop_duplicates("spec_json", keep="first").head(k).reset_index(drop=True)
+    board["rank"] = range(1, len(board) + 1)
+    return board
+
+
+def run_pipeline(
+    config: SearchConfig,
+    out: str | Path,
+    *,
+    train_top: int = 3,
+    recipe: str | None = None,
+    epochs: int | None = None,
+    batch_size: int | None = None,
+    lr: float | None = None,
+    baseline: bool = False,
+    teacher_cache: bool = False,
+    num_workers: int | None = None,
+    compile: bool = False,
+    top_k: int = 10,
+    progress: bool = True,
+) -> RunResult:
+    """Search (resumable), distil the `train_top` best distinct candidates into out/train/<rank>/ with `recipe`
+    (default: `default_recipe` of each student's space), write out/trained.csv and a section in report.html."""
+    start = time.perf_counter()
+    out = Path(out)
+    if train_top < 1:
+        raise AutokdError("--train-top must be at least 1")
+    recipes = {}  # checked before the search, so a typo costs nothing
+    for name in {recipe} if recipe else {default_recipe(s) for s in config.spaces or CNN_SPACES + ("vit",)}:
+        recipes[name] = _recipe(name, epochs, batch_size, lr, teacher_cache)
+
+    search = run_search(config, out=out, top_k=top_k, progress=progress)
+    study, ctx = search.study, search.context
+    teacher = ctx.teacher
+    if not teacher.pretrained:
+        raise AutokdError("distilling needs a trained teacher: give --teacher-weights (the search alone can use a "
+                          "random one: `autokd search`)")
+    n_trials = len(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)))
+    study.set_user_attr("stage/search", "done")
+    study.set_user_attr("artifacts/search", {"out": str(out), "trials": n_trials,
+                                             "leaderboard": str(out / "leaderboard.csv")})
+
+    chosen = distinct_candidates(study, config.objective, train_top)
+    data = load_data(config.data, img_size=teacher.img_size, seed=config.seed)
+    results: dict[int, TrainResult] = {}
+    skipped: list[int] = []
+    for row in chosen.to_dict("records"):
+        rank, trial = int(row["rank"]), int(row["trial"])
+        name = recipe or default_recipe(row["space"])
+        run_recipe = recipes.get(name) or _recipe(name, epochs, batch_size, lr, teacher_cache)
+        folder = out / "train" / str(rank)
+        finished = _check_folder(folder, trial, row["spec_json"], run_recipe)
+        key = f"stage/train/{rank}"
+        if finished is not None:
+            results[rank] = finished
+            skipped.append(rank)
+            study.set_user_attr(key, "done")
+            continue
+        resume = (folder / "last.pt").is_file()
+        study.set_user_attr(key, "running")
+        study.set_user_attr(f"artifacts/train/{rank}", {"dir": str(folder), "trial": trial, "recipe": name})
+        log.info("%s student %d/%d (trial #%d, %s) with recipe %s in %s", "resuming" if resume else "training",
+                 rank, len(chosen), trial, row["arch"], name, folder)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(config.seed + rank)  # the same initial weights on a fresh rerun
+            student = student_from_trial(search.storage_url, study.study_name, trial, ctx.evaluator.num_classes)
+        result = train_student(student, teacher, data, run_recipe, folder, device=config.device, resume=resume,
+                               seed=config.seed, baseline=baseline, num_workers=num_workers,
+                               compile_teacher=compile, compile_student=compile, progress=progress)
+        results[rank] = result
+        if result.stopped is not None:
+            log.warning("training of student %d stopped (%s): run the same command again to resume", rank,
+                        result.stopped)
+            break
+        study.set_user_attr(key, "done")
+        study.set_user_attr(f"artifacts/train/{rank}", {"dir": str(folder), "trial": trial, "recipe": name,
+                                                        "results": str(folder / "results.json"),
+                                                        "checkpoint": result.best_checkpoint})
+
+    complete = len(results) == len(chosen) and all(r.stopped is None for r in results.values())
+    trained = trained_frame(chosen, results, config.objective)
+    trained.to_csv(out / "trained.csv", index=False)
+    append_report(out / "report.html", trained, config.objective)
+    if complete:
+        study.set_user_attr("stage/report", "done")
+        study.set_user_attr("artifacts/report", {"trained": str(out / "trained.csv"),
+                                                 "report": str(out / "report.html")})
+    return RunResult(search, trained, results, out, time.perf_counter() - start, complete, skipped)
+
+
+def _recipe(name: str, epochs: int | None, batch_size: int | None, lr: float | None, cache: bool) -> Recipe:
+    recipe = Recipe.load(name)
+    if epochs:
+        recipe = recipe.with_epochs(epochs)
+    changes = {k: v for k, v in (("batch_size", batch_size), ("lr", lr)) if v is not None}
+    if cache:
+        changes["teacher_cache"] = True
+    return recipe.replace(**changes) if changes else recipe
+
+
+def _check_folder(folder: Path, trial: int, spec_json: str, recipe: Recipe) -> TrainResult | None:
+    """The finished result in `folder`, or None to (re)start; a folder made for another student or recipe is
+    refused rather than silently mixed."""
+    marker = folder / "candidate.json"
+    want = {"trial": trial, "spec": json.loads(spec_json), "recipe": recipe.to_dict()}
+    if marker.is_file():
+        have = json.loads(marker.read_text())
+        if have != want:
+            what = "student" if have.get("spec") != want["spec"] else "recipe or epochs"
+            raise AutokdError(f"{str(folder)!r} holds a training of another {what} (the search or the options "
+                              "changed since): give a new --out, or the original options")
+    else:
+        write_json(marker, want)
+    results = folder / "results.json"
+    if results.is_file():
+        done = TrainResult.load(results)
+        if done.stopped is None:
+            return done
+    return None
+
+
+def trained_frame(chosen: pd.DataFrame, results: dict[int, TrainResult], objective: str) -> pd.DataFrame:
+    """One row per candidate: proxy rank, trained rank (by top-1, 1 = best), accuracy, cost and latency."""
+    rows = []
+    for row in chosen.to_dict("records"):
+        r = results.get(int(row["rank"]))
+        done = r is not None and r.stopped is None
+        rows.append({
+            "proxy_rank": int(row["rank"]), "trial": int(row["trial"]), "space": row["space"], "arch": row["arch"],
+            objective: row[objective], "macs": int(row["macs"]), "params": int(row["params"]),
+            "top1": r.top1 if done else nan, "best_top1": r.best_top1 if done else nan,
+            "top5": r.top5 if done else nan, "no_kd_top1": _num(r.baseline_top1) if done else nan,
+            "latency_ms": r.latency_ms if done else nan, "epochs": r.epochs if done else None,
+            "recipe": r.recipe.get("loss") if r else None, "status": "done" if done else "pending",
+        })
+    frame = pd.DataFrame(rows)
+    frame.insert(1, "trained_rank", frame["top1"].rank(ascending=False, method="min").astype("Int64"))
+    return frame
+
+
+def _num(value: float | None) -> float:
+    return nan if value is None else value
+
+
+def append_report(path: Path, trained: pd.DataFrame, objective: str) -> None:
+    """Add (or replace) the 'trained students' section of report.html: both rankings side by side."""
+    table = trained.to_html(index=False, float_format="{:.4g}".format, na_rep="-")
+    done = trained.dropna(subset=["top1"])
+    agreement = ""
+    if len(done) >= 2:
+        tau = done["proxy_rank"].corr(done["top1"].rank(ascending=False), method="kendall")
+        agreement = f"<p>Kendall tau between the proxy ranking and the trained ranking: {tau:.3f}</p>"
+    section = (f"{REPORT_START}<h2>Trained students</h2><p>proxy rank by {html.escape(objective)}; trained rank by "
+               f"top-1 (1 = best)</p>{table}{agreement}{REPORT_END}")
+    text = path.read_text() if path.is_file() else "<!doctype html><html><body></body></html>"
+    if REPORT_START in text:
+        text = text[: text.index(REPORT_START)] + text[text.index(REPORT_END) + len(REPORT_END):]
+    if "<h2>Leaderboard</h2>" in text:  # trained results first: they are the answer
+        text = text.replace("<h2>Leaderboard</h2>", section + "<h2>Leaderboard</h2>", 1)
+    else:
+        text = text.replace("</body>", section + "</body>", 1)
+    path.write_text(text)

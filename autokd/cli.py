@@ -257,20 +257,14 @@ def cmd_finetune_teacher(args: argparse.Namespace) -> int:
     """Train the teacher itself with cross-entropy on the user's data; its best.pt is a --teacher-weights file."""
     from autokd.data import load_data
     from autokd.teachers import resolve_teacher
-    from autokd.train import Student, train_student
+    from autokd.train import finetune_teacher
 
     out, resume = _run_folder(args)
     recipe = _recipe(args, args.recipe)
     data = load_data(args.data, img_size=args.img_size or 32, seed=args.seed)
     teacher = resolve_teacher(args.teacher, data.num_classes, weights=args.teacher_weights, img_size=args.img_size)
-    if not teacher.pretrained:
-        raise AutokdError("fine-tuning starts from trained weights: give --teacher-weights (or cached timm weights)")
-    model = teacher.model.train()
-    for p in model.parameters():
-        p.requires_grad_(True)
-    student = Student(model=model, name=teacher.name, img_size=teacher.img_size)
-    result = train_student(student, None, data, recipe, out, device=args.device, resume=resume, seed=args.seed,
-                           num_workers=args.workers, progress=not args.quiet, img_size=teacher.img_size)
+    result = finetune_teacher(teacher, data, recipe, out, device=args.device, resume=resume, seed=args.seed,
+                              num_workers=args.workers, progress=not args.quiet)
     _print_result(result, out)
     print(f"use it with: --teacher {args.teacher} --teacher-weights {out}/best.pt")
     return 0

@@ -34,6 +34,7 @@ SHARED = ROOT.parent / "shared"
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", default=str(SHARED / "data" / "cifar10-jpeg.zip"))
+    p.add_argument("--teacher", default="resnet56_cifar")
     p.add_argument("--teacher-weights", default=str(SHARED / "teachers" / "cifar10_resnet56-4bfd9763.th"))
     p.add_argument("--recipes", default="none,kd,dkd,dist")
     p.add_argument("--epochs", type=int, default=30)
@@ -52,7 +53,7 @@ def main(argv: list[str] | None = None) -> dict:
     data = subset_data(load_data(args.data, img_size=32, seed=0), args.subset, args.test_subset, 0)
     weights = args.teacher_weights
     if args.finetune_epochs:
-        teacher = resolve_teacher("resnet56_cifar", data.num_classes, weights=weights)
+        teacher = resolve_teacher(args.teacher, data.num_classes, weights=weights)
         recipe = Recipe.load("none").with_epochs(args.finetune_epochs).replace(lr=args.finetune_lr,
                                                                                  batch_size=args.batch_size)
         folder = runs / "teacher"
@@ -60,7 +61,7 @@ def main(argv: list[str] | None = None) -> dict:
                               resume=(folder / "last.pt").is_file(), progress=False)
         print(f"teacher fine-tuned {args.finetune_epochs} epochs: top-1 {ft.top1:.2f}%", flush=True)
         weights = str(folder / "best.pt")
-    teacher = resolve_teacher("resnet56_cifar", data.num_classes, weights=weights)
+    teacher = resolve_teacher(args.teacher, data.num_classes, weights=weights)
 
     rows = []
     for name in args.recipes.split(","):
@@ -91,7 +92,7 @@ def main(argv: list[str] | None = None) -> dict:
     device = rows[0]["device"] if rows else args.device
     if device.startswith("cuda"):
         device = f"{device} ({torch.cuda.get_device_name()})"
-    print_table(f"ResNet-56 -> ResNet-20 on CIFAR-10 JPEGs, {args.epochs} epochs, {args.seeds} seed(s)",
+    print_table(f"{args.teacher} -> ResNet-20 on CIFAR-10 JPEGs, {args.epochs} epochs, {args.seeds} seed(s)",
                 ["recipe", "test top-1 %", "vs no KD", "s per run"], table,
                 [f"teacher top-1 on the same test images: {teacher_top1}", f"device: {device}",
                  f"train images: {len(data.train)}, test images: {len(data.test) if data.test else 0}"])

@@ -175,12 +175,12 @@ def train_one(spec_json: str, kind: str, seed: int) -> dict:
             "teacher_top1": result.teacher_top1, "seconds": result.seconds}
 
 
-def finetune_teacher(args: argparse.Namespace) -> str | None:
+def teacher_weights(args: argparse.Namespace) -> str | None:
     """Fine-tune the teacher on the (subset) training split first; its best.pt becomes the teacher weights."""
     from autokd.data import load_data
     from autokd.recipes import Recipe
     from autokd.teachers import resolve_teacher
-    from autokd.train import Student, TrainResult, train_student
+    from autokd.train import TrainResult, finetune_teacher
 
     if not args.finetune_epochs:
         return args.teacher_weights
@@ -188,13 +188,9 @@ def finetune_teacher(args: argparse.Namespace) -> str | None:
     if not ((folder / "results.json").is_file() and TrainResult.load(folder / "results.json").stopped is None):
         data = subset_data(load_data(args.data, img_size=IMG_SIZE, seed=0), args.subset, args.test_subset, 0)
         teacher = resolve_teacher(args.teacher, data.num_classes, weights=args.teacher_weights)
-        model = teacher.model.train()
-        for p in model.parameters():
-            p.requires_grad_(True)
         recipe = Recipe.load("none").with_epochs(args.finetune_epochs).replace(lr=args.finetune_lr)
-        result = train_student(Student(model, teacher.name, img_size=teacher.img_size), None, data, recipe, folder,
-                               device=args.device, resume=(folder / "last.pt").is_file(), num_workers=0,
-                               progress=False, img_size=teacher.img_size)
+        result = finetune_teacher(teacher, data, recipe, folder, device=args.device,
+                                  resume=(folder / "last.pt").is_file(), num_workers=0, progress=False)
         print(f"teacher fine-tuned {args.finetune_epochs} epochs: top-1 {result.top1:.2f}%", flush=True)
     return str(folder / "best.pt")
 
@@ -253,7 +249,7 @@ def main(argv: list[str] | None = None) -> Path:
     budget = Budget.parse(args.budget).macs
     specs = [*stratified_specs("cifar_resnet", args.students, budget, args.seed, args.bins),
              *stratified_specs("vit", args.vit_students, budget, args.seed, args.bins)]
-    weights = finetune_teacher(args)
+    weights = teacher_weights(args)
     train_note = f"{args.subset}-image stratified subset" if args.subset else "full train split"
     test_note = f"{args.test_subset}-image test subset" if args.test_subset else "full test split"
     ft = f"fine-tuned {args.finetune_epochs} epochs" if args.finetune_epochs else "not fine-tuned on the JPEGs"

@@ -1,8 +1,10 @@
 import os
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 torch.set_num_threads(min(2, torch.get_num_threads()))
@@ -24,4 +26,29 @@ def shared_teachers() -> Path:
     path = SHARED / "teachers"
     if not path.is_dir():
         pytest.skip("../shared/teachers is not present")
+    return path
+
+
+@pytest.fixture
+def folder(tmp_path):
+    """A tiny ImageFolder: 10 classes x (10 train + 2 test) images of 32 px, colour-coded so they are learnable."""
+    rng = np.random.default_rng(0)
+    for c in range(10):
+        for split, n in (("train", 10), ("test", 2)):
+            d = tmp_path / "data" / split / f"class{c}"
+            d.mkdir(parents=True, exist_ok=True)
+            for i in range(n):
+                pixels = rng.integers(0, 60, (32, 32, 3)) + np.array([25 * c, 255 - 25 * c, 128])
+                Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8)).save(d / f"{i}.png")
+    return tmp_path / "data"
+
+
+@pytest.fixture
+def weights(tmp_path):
+    """A 'trained' ResNet-20 checkpoint in the akamaster format (random values: only the format matters)."""
+    from autokd.spaces.cifar_resnet import CifarResNet
+
+    path = tmp_path / "r20.th"
+    state = {f"module.{k}": v for k, v in CifarResNet(depths=(3, 3, 3)).state_dict().items()}
+    torch.save({"state_dict": state, "best_prec1": 91.7}, path)
     return path

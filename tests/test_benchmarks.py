@@ -111,3 +111,20 @@ def test_search_benchmark_compares_evolution_with_random(tmp_path, capsys):
     assert s["evolution_minus_random_best"][0] == pytest.approx(runs[0]["best"] - runs[1]["best"])
     assert s["trials_per_min_ratio"][0] == pytest.approx(runs[0]["trials_per_min"] / runs[1]["trials_per_min"])
     assert s["evolution"]["best"] == (runs[0]["best"], 0.0)
+
+
+def test_kd_cifar10_benchmark_compares_recipes_to_no_kd(tmp_path, folder, weights):
+    import bench_kd_cifar10
+
+    result = bench_kd_cifar10.main([
+        "--data", str(folder), "--teacher", "resnet20_cifar", "--teacher-weights", str(weights),
+        "--recipes", "none,kd", "--epochs", "1",
+        "--finetune-epochs", "1", "--batch-size", "10", "--device", "cpu", "--runs", str(tmp_path / "runs"),
+        "--out", str(tmp_path / "kd.json"),
+    ])
+    assert [r["recipe"] for r in result["runs"]] == ["none", "kd"]
+    assert set(result["summary"]) == {"none", "kd"} and result["device"] == "cpu"
+    assert all(0 <= r["top1"] <= 100 and r["seconds"] > 0 for r in result["runs"])
+    assert result["teacher_top1"] is not None  # the fine-tuned teacher scored on the same test images
+    assert (tmp_path / "runs" / "teacher" / "best.pt").exists()
+    assert json.loads((tmp_path / "kd.json").read_text())["summary"] == result["summary"]

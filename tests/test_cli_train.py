@@ -1,29 +1,14 @@
 import json
 
-import numpy as np
 import pytest
 import torch
 import yaml
-from PIL import Image
 
 from autokd.cli import main
 from autokd.spaces import ArchSpec
 
 STUDENT = ArchSpec.make("cifar_resnet", depths=(1, 1, 1), widths=(8, 16, 16), shortcut="A")
 
-
-@pytest.fixture
-def folder(tmp_path):
-    """A tiny real-format ImageFolder: 10 classes x 12 images, 32 px, colour-coded so it is learnable."""
-    rng = np.random.default_rng(0)
-    for c in range(10):
-        for split, n in (("train", 10), ("test", 2)):
-            d = tmp_path / "data" / split / f"class{c}"
-            d.mkdir(parents=True, exist_ok=True)
-            for i in range(n):
-                pixels = rng.integers(0, 60, (32, 32, 3)) + np.array([25 * c, 255 - 25 * c, 128])
-                Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8)).save(d / f"{i}.png")
-    return tmp_path / "data"
 
 
 @pytest.fixture
@@ -32,16 +17,6 @@ def student_yaml(tmp_path):
     path.write_text(yaml.safe_dump({"spec": STUDENT.as_dict(), "search": {"img_size": 32, "num_classes": 10}}))
     return path
 
-
-@pytest.fixture
-def weights(tmp_path):
-    """A 'trained' ResNet-20 checkpoint in the akamaster format (random values: only the format matters here)."""
-    from autokd.spaces.cifar_resnet import CifarResNet
-
-    path = tmp_path / "r20.th"
-    state = {f"module.{k}": v for k, v in CifarResNet(depths=(3, 3, 3)).state_dict().items()}
-    torch.save({"state_dict": state, "best_prec1": 91.7}, path)
-    return path
 
 
 def run(capsys, argv):

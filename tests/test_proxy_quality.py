@@ -85,3 +85,24 @@ def test_seeds_are_averaged(gt_csv):
     frame = bpq.read_ground_truth(gt_csv)
     assert len(frame) == N and (frame["seeds"] == 2).all()
     assert list(frame["kd_acc"]) == [50.0 + i for i in range(N)]
+
+
+def test_variants_rescore_every_variant_against_the_same_ground_truth(tmp_path, folder, weights):
+    import bench_proxy_variants
+
+    rows = [{"spec": ArchSpec.make("cifar_resnet", depths=(d, 1, 1), widths=(8, 16, w), shortcut="A").to_json(),
+             "macs": 10_000_000, "params": 1000 * (i + 1), "kd_acc": 50.0 + i, "cls_acc": 40.0 + i, "seed": 0,
+             "epochs": 1, "device": "cpu"} for i, (d, w) in enumerate([(1, 16), (2, 16), (1, 32), (3, 32)])]
+    gt = tmp_path / "gt.csv"
+    pd.DataFrame(rows).to_csv(gt, index=False)
+    result = bench_proxy_variants.main([
+        "--gt", str(gt), "--data", str(folder), "--teacher", "resnet20_cifar", "--teacher-weights", str(weights),
+        "--variants", "reference,width pool", "--resamples", "50", "--out", str(tmp_path / "v.json"),
+    ])
+    assert set(result["variants"]) == {"reference", "width pool"}
+    for variant in result["variants"].values():
+        assert set(variant) == {"diswot", "diswot_relation", "diswot_semantic", "params"}
+        assert all(-1 <= v["tau"] <= 1 for v in variant.values())
+    # params does not depend on the DisWOT variant; the semantic term does (4 students of other widths than 64)
+    assert result["variants"]["reference"]["params"]["tau"] == result["variants"]["width pool"]["params"]["tau"]
+    assert json.loads((tmp_path / "v.json").read_text())["gt"] == str(gt)

@@ -1,0 +1,67 @@
+"""Which of DisWOT's open choices ranks trained students best? One rescoring of the ground truth per variant.
+
+Variants of the reference (pretrained, projection width matching, batch 64, batch seed 0): a random teacher,
+the other width matchings, batch 32 and 128, another fixed batch. Reports Kendall tau (95% CI) of DisWOT and
+its two terms against KD accuracy, beside the params baseline, and writes results/proxy_variants.json.
+
+    python benchmarks/bench_proxy_variants.py --gt benchmarks/results/gt_cifar10.csv \
+        --data ../shared/data/cifar10-jpeg.zip --teacher-weights ../shared/teachers/cifar10_resnet56-4bfd9763.th
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import bench_proxy_quality  # noqa: E402
+from common import RESULTS_DIR, machine, print_table, write_json  # noqa: E402
+
+VARIANTS = {
+    "reference": [],
+    "random teacher": ["--no-weights"],
+    "width pool": ["--width-match", "pool"],
+    "width correlation": ["--width-match", "correlation"],
+    "batch 32": ["--batch-size", "32"],
+    "batch 128": ["--batch-size", "128"],
+    "another batch (seed 1)": ["--seed", "1"],
+}
+SHOWN = ("diswot", "diswot_relation", "diswot_semantic", "params")
+
+
+def main(argv: list[str] | None = None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--gt", required=True)
+    p.add_argument("--data", required=True)
+    p.add_argument("--teacher", default="resnet56_cifar")
+    p.add_argument("--teacher-weights", required=True)
+    p.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated names from the list above")
+    p.add_argument("--resamples", type=int, default=1000)
+    p.add_argument("--out", default=str(RESULTS_DIR / "proxy_variants.json"))
+    args = p.parse_args(argv)
+
+    results, rows = {}, []
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in args.variants.split(","):
+            extra = list(VARIANTS[name])
+            weights = [] if "--no-weights" in extra else ["--teacher-weights", args.teacher_weights]
+            extra = [e for e in extra if e != "--no-weights"]
+            base = ["--batch-size", "64"] if "--batch-size" not in extra else []
+            q = bench_proxy_quality.main([
+                "--gt", args.gt, "--data", args.data, "--teacher", args.teacher, *weights, "--rescore",
+                "--resamples", str(args.resamples), "--out", str(Path(tmp) / "q.json"), *base, *extra,
+            ])["proxies"]
+            results[name] = {k: q[k]["kd_acc"] for k in SHOWN}
+            rows.append([name] + [f"{q[k]['kd_acc']['tau']:+.3f} [{q[k]['kd_acc']['tau_ci'][0]:+.2f}, "
+                                  f"{q[k]['kd_acc']['tau_ci'][1]:+.2f}]" for k in SHOWN])
+    print_table("DisWOT variants: Kendall tau against KD accuracy", ["variant", *SHOWN], rows,
+                [f"ground truth {args.gt}; relation/semantic are negated distances (higher = better)"])
+    result = {"gt": args.gt, "variants": results, "machine": machine()}
+    print(f"wrote {write_json(result, Path(args.out))}")
+    return result
+
+
+if __name__ == "__main__":
+    main()

@@ -41,6 +41,9 @@ def add_search_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--proxies", type=_csv, default=("diswot",),
                    help="scores to compute: diswot,naswot,synflow,grad_norm (params and macs are always recorded)")
     p.add_argument("--objective", default="diswot", help="the score the search maximises (default diswot)")
+    p.add_argument("--score-teacher", default="random", choices=("random", "trained"),
+                   help="DisWOT scores against a randomly initialised copy of the teacher (default, as the paper) "
+                        "or the trained teacher")
     p.add_argument("--width-match", default="projection",
                    help="how DisWOT compares a student of another width: projection (default), pool, correlation")
     p.add_argument("--top-k", type=int, default=10, help="leaderboard size (default 10)")
@@ -58,7 +61,7 @@ def _search_config(args: argparse.Namespace):
         storage=args.storage, study_name=args.study, workers=args.workers, teacher_weights=args.teacher_weights,
         img_size=args.img_size, batch_size=args.batch_size, proxies=args.proxies, objective=args.objective,
         population_size=args.population, tournament_size=args.tournament, device=args.device,
-        width_match=args.width_match,
+        width_match=args.width_match, score_teacher=args.score_teacher,
     )
 
 

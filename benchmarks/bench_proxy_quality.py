@@ -129,7 +129,7 @@ def rescore(frame: pd.DataFrame, args: argparse.Namespace) -> pd.DataFrame:
         teacher=args.teacher, teacher_weights=args.teacher_weights, data=args.data,
         budget=str(int(frame["macs"].max() * 1.05) + 1), spaces=tuple(sorted({s.space for s in specs})),
         img_size=args.img_size, batch_size=args.batch_size, proxies=SCORED, seed=args.seed,
-        width_match=args.width_match, device=args.device,
+        width_match=args.width_match, score_teacher=args.score_teacher, device=args.device,
     )
     ctx = prepare(config)
     ev = ctx.evaluator
@@ -163,6 +163,8 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--img-size", type=int)
     p.add_argument("--batch-size", type=int)
     p.add_argument("--width-match", default="projection")
+    p.add_argument("--score-teacher", default="random", choices=("random", "trained"),
+                   help="score against a random copy of the teacher (the search's default) or the trained one")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto")
     p.add_argument("--threads", type=int)

@@ -1,7 +1,7 @@
 """Which of DisWOT's open choices ranks trained students best? One rescoring of the ground truth per variant.
 
-Variants of the reference (pretrained, projection width matching, batch 64, batch seed 0): a random teacher,
-the other width matchings, batch 32 and 128, another fixed batch. Reports Kendall tau (95% CI) of DisWOT and
+Variants: the trained teacher or a randomly initialised copy of it (the search's default), the other width
+matchings, batch 32 and 128 (default 64), another fixed batch. Reports Kendall tau (95% CI) of DisWOT and
 its two terms against KD accuracy, beside the params baseline, and writes results/proxy_variants.json.
 
     python benchmarks/bench_proxy_variants.py --gt benchmarks/results/gt_cifar10.csv \
@@ -20,13 +20,14 @@ import bench_proxy_quality  # noqa: E402
 from common import RESULTS_DIR, machine, print_table, write_json  # noqa: E402
 
 VARIANTS = {
-    "reference": [],
-    "random teacher": ["--no-weights"],
-    "width pool": ["--width-match", "pool"],
-    "width correlation": ["--width-match", "correlation"],
-    "batch 32": ["--batch-size", "32"],
-    "batch 128": ["--batch-size", "128"],
-    "another batch (seed 1)": ["--seed", "1"],
+    "trained teacher": ["--score-teacher", "trained"],
+    "random teacher (default)": ["--score-teacher", "random"],
+    "random teacher, width pool": ["--width-match", "pool"],
+    "random teacher, width correlation": ["--width-match", "correlation"],
+    "random teacher, batch 32": ["--batch-size", "32"],
+    "random teacher, batch 128": ["--batch-size", "128"],
+    "random teacher, another batch (seed 1)": ["--seed", "1"],
+    "trained teacher, width pool": ["--score-teacher", "trained", "--width-match", "pool"],
 }
 SHOWN = ("diswot", "diswot_relation", "diswot_semantic", "params")
 
@@ -46,8 +47,7 @@ def main(argv: list[str] | None = None) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.variants.split(","):
             extra = list(VARIANTS[name])
-            weights = [] if "--no-weights" in extra else ["--teacher-weights", args.teacher_weights]
-            extra = [e for e in extra if e != "--no-weights"]
+            weights = ["--teacher-weights", args.teacher_weights]
             base = ["--batch-size", "64"] if "--batch-size" not in extra else []
             q = bench_proxy_quality.main([
                 "--gt", args.gt, "--data", args.data, "--teacher", args.teacher, *weights, "--rescore",

@@ -97,12 +97,14 @@ def test_variants_rescore_every_variant_against_the_same_ground_truth(tmp_path, 
     pd.DataFrame(rows).to_csv(gt, index=False)
     result = bench_proxy_variants.main([
         "--gt", str(gt), "--data", str(folder), "--teacher", "resnet20_cifar", "--teacher-weights", str(weights),
-        "--variants", "reference,width pool", "--resamples", "50", "--out", str(tmp_path / "v.json"),
+        "--variants", "trained teacher,random teacher (default)", "--resamples", "50",
+        "--out", str(tmp_path / "v.json"),
     ])
-    assert set(result["variants"]) == {"reference", "width pool"}
+    assert set(result["variants"]) == {"trained teacher", "random teacher (default)"}
     for variant in result["variants"].values():
         assert set(variant) == {"diswot", "diswot_relation", "diswot_semantic", "params"}
         assert all(-1 <= v["tau"] <= 1 for v in variant.values())
-    # params does not depend on the DisWOT variant; the semantic term does (4 students of other widths than 64)
-    assert result["variants"]["reference"]["params"]["tau"] == result["variants"]["width pool"]["params"]["tau"]
+    # params does not depend on the DisWOT variant
+    variants = result["variants"]
+    assert variants["trained teacher"]["params"]["tau"] == variants["random teacher (default)"]["params"]["tau"]
     assert json.loads((tmp_path / "v.json").read_text())["gt"] == str(gt)

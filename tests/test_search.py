@@ -154,3 +154,18 @@ def test_population_ages_out_the_oldest():
     population = sampler.population(study)
     assert [t.number for t in population] == [2, 3, 4]
     assert sampler.tournament(population) == codec.decode(study.trials[4].params)
+
+
+def test_diswot_scores_against_a_random_copy_of_a_trained_teacher_by_default(folder, weights):
+    import torch
+
+    from autokd.search import prepare
+
+    base = dict(teacher="resnet20_cifar", teacher_weights=str(weights), data=str(folder), budget="30M",
+                spaces=("cifar_resnet",), batch_size=10)
+    default, trained = prepare(SearchConfig(**base)), prepare(SearchConfig(**base, score_teacher="trained"))
+    assert default.teacher.pretrained and trained.teacher.pretrained  # training still gets the trained teacher
+    assert not torch.equal(default.evaluator.reference.grad, trained.evaluator.reference.grad)
+    again = prepare(SearchConfig(**base))
+    assert torch.equal(default.evaluator.reference.grad, again.evaluator.reference.grad)  # seeded copy
+    assert default.study_attrs()["score_teacher"] == "random"

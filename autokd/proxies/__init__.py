@@ -9,7 +9,7 @@ from autokd.proxies.diswot import (
     relation_distance,
     semantic_distance,
 )
-from autokd.proxies.reference import WIDTH_MATCHES, TeacherReference, teacher_reference
+from autokd.proxies.reference import WIDTH_MATCHES, TeacherReference, random_copy, teacher_reference
 from autokd.proxies.scoring import PROXIES, score_candidate
 
 __all__ = [
@@ -24,6 +24,7 @@ __all__ = [
     "classifier_grad",
     "correlation_distance",
     "diswot_distances",
+    "random_copy",
     "random_projection",
     "relation_distance",
     "relation_gram",

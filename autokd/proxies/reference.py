@@ -76,3 +76,16 @@ def teacher_reference(
         relation = relation_gram(out.features)
         grad = classifier_grad(out.logits, out.pooled, batch.labels)
     return TeacherReference(relation, grad, batch.labels.detach().cpu().clone(), seed, width_match)
+
+
+def random_copy(model: nn.Module, seed: int = 0) -> nn.Module:
+    """A copy of `model` with every parameter re-initialised (each layer's own reset_parameters), seeded."""
+    import copy
+
+    clone = copy.deepcopy(model)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        for module in clone.modules():
+            if hasattr(module, "reset_parameters"):
+                module.reset_parameters()
+    return clone.eval()

@@ -22,12 +22,12 @@ from common import RESULTS_DIR, machine, print_table, write_json  # noqa: E402
 VARIANTS = {
     "trained teacher": ["--score-teacher", "trained"],
     "random teacher (default)": ["--score-teacher", "random"],
-    "random teacher, width pool": ["--width-match", "pool"],
-    "random teacher, width correlation": ["--width-match", "correlation"],
-    "random teacher, batch 32": ["--batch-size", "32"],
-    "random teacher, batch 128": ["--batch-size", "128"],
-    "random teacher, another batch (seed 1)": ["--seed", "1"],
-    "trained teacher, width pool": ["--score-teacher", "trained", "--width-match", "pool"],
+    "random teacher + width pool": ["--width-match", "pool"],
+    "random teacher + width correlation": ["--width-match", "correlation"],
+    "random teacher + batch 32": ["--batch-size", "32"],
+    "random teacher + batch 128": ["--batch-size", "128"],
+    "random teacher + another batch (seed 1)": ["--seed", "1"],
+    "trained teacher + width pool": ["--score-teacher", "trained", "--width-match", "pool"],
 }
 SHOWN = ("diswot", "diswot_relation", "diswot_semantic", "params")
 
@@ -38,14 +38,14 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--data", required=True)
     p.add_argument("--teacher", default="resnet56_cifar")
     p.add_argument("--teacher-weights", required=True)
-    p.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated names from the list above")
+    p.add_argument("--variants", default=";".join(VARIANTS), help="';'-separated names from the list above")
     p.add_argument("--resamples", type=int, default=1000)
     p.add_argument("--out", default=str(RESULTS_DIR / "proxy_variants.json"))
     args = p.parse_args(argv)
 
     results, rows = {}, []
     with tempfile.TemporaryDirectory() as tmp:
-        for name in args.variants.split(","):
+        for name in args.variants.split(";"):
             extra = list(VARIANTS[name])
             weights = ["--teacher-weights", args.teacher_weights]
             base = ["--batch-size", "64"] if "--batch-size" not in extra else []

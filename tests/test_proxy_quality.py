@@ -97,7 +97,7 @@ def test_variants_rescore_every_variant_against_the_same_ground_truth(tmp_path, 
     pd.DataFrame(rows).to_csv(gt, index=False)
     result = bench_proxy_variants.main([
         "--gt", str(gt), "--data", str(folder), "--teacher", "resnet20_cifar", "--teacher-weights", str(weights),
-        "--variants", "trained teacher,random teacher (default)", "--resamples", "50",
+        "--variants", "trained teacher;random teacher (default)", "--resamples", "50",
         "--out", str(tmp_path / "v.json"),
     ])
     assert set(result["variants"]) == {"trained teacher", "random teacher (default)"}

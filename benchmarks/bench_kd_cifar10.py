@@ -18,10 +18,9 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from build_ground_truth import subset_data  # noqa: E402
 from common import machine, print_table, write_json  # noqa: E402
 
-from autokd.data import load_data  # noqa: E402
+from autokd.data import load_data, subset_data  # noqa: E402
 from autokd.recipes import Recipe  # noqa: E402
 from autokd.spaces.cifar_resnet import CifarResNet  # noqa: E402
 from autokd.teachers import resolve_teacher  # noqa: E402

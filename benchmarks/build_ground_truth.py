@@ -24,7 +24,6 @@ import os
 import random
 import sys
 import time
-from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from multiprocessing import get_context
 from pathlib import Path
@@ -35,7 +34,7 @@ import pandas as pd
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import RESULTS_DIR  # noqa: E402
 
-from autokd.data.datasets import LabeledImages  # noqa: E402
+from autokd.data import subset_data  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"
@@ -86,42 +85,6 @@ def stratified_specs(space_name: str, count: int, budget: int, seed: int, bins: 
                     chosen.append(spec)
                     break
     return sorted(chosen, key=lambda s: space.estimate_macs(s, 10))
-
-
-# ------------------------------------------------------------------------------------------------ data
-def stratified_subset(labels: Sequence[int], n: int, seed: int, exclude: Sequence[int] = ()) -> np.ndarray:
-    """`n` indices with the same share of every class (as far as n allows), none from `exclude`; sorted."""
-    labels = np.asarray(labels)
-    allowed = np.setdiff1d(np.arange(len(labels)), np.asarray(exclude, dtype=np.int64))
-    classes = np.unique(labels)
-    rng = np.random.default_rng(seed)
-    per = [n // len(classes) + (1 if i < n % len(classes) else 0) for i in range(len(classes))]
-    picked = [rng.permutation(allowed[labels[allowed] == c])[:k] for c, k in zip(classes, per)]
-    return np.sort(np.concatenate(picked))
-
-
-def subset_data(data, train: int | None, test: int | None, seed: int):
-    """The dataset with a stratified subset of its training split (never the search's held-out scoring part)
-    and of its test split."""
-    from autokd.data.split import split_indices
-
-    if train:
-        _, heldout = split_indices(data.train.labels, 0.1, 0)  # the split every search scores on
-        data.train = Subset(data.train, stratified_subset(data.train.labels, train, seed, heldout))
-    if test and data.test is not None and test < len(data.test):
-        data.test = Subset(data.test, stratified_subset(data.test.labels, test, seed))
-    return data
-
-
-class Subset(LabeledImages):
-    """Some images of another LabeledImages, as a LabeledImages (the trainer reads its labels and images)."""
-
-    def __init__(self, base: LabeledImages, indices: Sequence[int]):
-        super().__init__([base.labels[i] for i in indices], base.transform)
-        self.base, self.indices = base, [int(i) for i in indices]
-
-    def open_image(self, index: int):
-        return self.base.open_image(self.indices[index])
 
 
 # ------------------------------------------------------------------------------------------- training

@@ -309,3 +309,17 @@ def test_meta_features(tmp_path):
     f = meta_features(load_data(tmp_path / "a"))
     assert f == {"num_classes": 2, "train_size": 8, "resolution": 20, "class_balance": 2 / 6, "is_real": True}
     assert meta_features(synthetic_dataset(img_size=24))["is_real"] is False
+
+
+def test_subset_data_is_stratified_and_avoids_the_scoring_split():
+    from collections import Counter
+
+    from autokd.data import split_indices, subset_data
+
+    data = synthetic_dataset(num_classes=4, train_size=400, test_size=100)
+    _, heldout = split_indices(data.train.labels, 0.1, 0)
+    sub = subset_data(data, train=40, test=20, seed=0)
+    assert len(sub.train) == 40 and len(sub.test) == 20
+    assert sorted(Counter(sub.train.labels).values()) == [10, 10, 10, 10]
+    assert not set(sub.train.indices) & set(heldout.tolist())
+    assert sub.train.labels[3] == sub.train.base.labels[sub.train.indices[3]]

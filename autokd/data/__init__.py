@@ -3,7 +3,14 @@
 from autokd.data.datasets import ImageDataset, LabeledImages, LabeledView, load_data
 from autokd.data.demo import synthetic_dataset
 from autokd.data.meta import meta_features
-from autokd.data.split import scoring_batch, scoring_indices, split_indices
+from autokd.data.split import (
+    SubsetImages,
+    scoring_batch,
+    scoring_indices,
+    split_indices,
+    stratified_subset,
+    subset_data,
+)
 from autokd.data.transforms import IMAGENET_MEAN, IMAGENET_STD, eval_transform, train_transform
 
 __all__ = [
@@ -12,12 +19,15 @@ __all__ = [
     "ImageDataset",
     "LabeledImages",
     "LabeledView",
+    "SubsetImages",
     "eval_transform",
     "load_data",
     "meta_features",
     "scoring_batch",
     "scoring_indices",
     "split_indices",
+    "stratified_subset",
+    "subset_data",
     "synthetic_dataset",
     "train_transform",
 ]

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from autokd.data.datasets import ImageDataset, Transform
+from autokd.data.datasets import ImageDataset, LabeledImages, Transform
 from autokd.errors import AutokdError
 
 log = logging.getLogger("autokd")
@@ -69,3 +69,36 @@ def scoring_batch(
     images = torch.stack([transform(data.train.load_image(int(i))) for i in idx])
     labels = torch.tensor([data.train.labels[i] for i in idx], dtype=torch.long)
     return images, labels
+
+
+def stratified_subset(labels: Sequence[int], n: int, seed: int, exclude: Sequence[int] = ()) -> np.ndarray:
+    """`n` indices with the same share of every class (as far as n allows), none from `exclude`; sorted."""
+    labels = np.asarray(labels)
+    allowed = np.setdiff1d(np.arange(len(labels)), np.asarray(exclude, dtype=np.int64))
+    classes = np.unique(labels)
+    rng = np.random.default_rng(seed)
+    per = [n // len(classes) + (1 if i < n % len(classes) else 0) for i in range(len(classes))]
+    picked = [rng.permutation(allowed[labels[allowed] == c])[:k] for c, k in zip(classes, per)]
+    return np.sort(np.concatenate(picked))
+
+
+def subset_data(data: ImageDataset, train: int | None, test: int | None, seed: int) -> ImageDataset:
+    """The dataset with a stratified subset of its training split (never the search's held-out scoring part)
+    and of its test split."""
+    if train:
+        _, heldout = split_indices(data.train.labels, 0.1, 0)  # the split every search scores on
+        data.train = SubsetImages(data.train, stratified_subset(data.train.labels, train, seed, heldout))
+    if test and data.test is not None and test < len(data.test):
+        data.test = SubsetImages(data.test, stratified_subset(data.test.labels, test, seed))
+    return data
+
+
+class SubsetImages(LabeledImages):
+    """Some images of another LabeledImages, as a LabeledImages (the trainer reads its labels and images)."""
+
+    def __init__(self, base: LabeledImages, indices: Sequence[int]):
+        super().__init__([base.labels[i] for i in indices], base.transform)
+        self.base, self.indices = base, [int(i) for i in indices]
+
+    def open_image(self, index: int):
+        return self.base.open_image(self.indices[index])

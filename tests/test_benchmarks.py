@@ -128,3 +128,33 @@ def test_kd_cifar10_benchmark_compares_recipes_to_no_kd(tmp_path, folder, weight
     assert result["teacher_top1"] is not None  # the fine-tuned teacher scored on the same test images
     assert (tmp_path / "runs" / "teacher" / "best.pt").exists()
     assert json.loads((tmp_path / "kd.json").read_text())["summary"] == result["summary"]
+
+
+def test_search_quality_compares_autokds_pick_with_hand_and_random(tmp_path, folder, weights, capsys):
+    import bench_search_quality
+
+    from autokd.cost import count_macs
+    from autokd.spaces import load_space
+
+    result = bench_search_quality.main([
+        "--data", str(folder), "--teacher", "resnet20_cifar", "--teacher-weights", str(weights),
+        "--budget", "45M", "--trials", "6", "--k", "2", "--epochs", "1", "--device", "cpu",
+        "--runs", str(tmp_path / "runs"), "--out", str(tmp_path / "q.json"),
+    ])
+    summary = result["summary"]
+    assert list(summary) == ["autokd", "hand (ResNet-20)", "random (best of 2)"]
+    assert summary["hand (ResNet-20)"]["arch"] == bench_search_quality.RESNET20.short()
+    assert len(result["runs"]["random (best of 2)"]) == 2
+    random_best = max(r["top1"] for r in result["runs"]["random (best of 2)"])
+    assert summary["random (best of 2)"]["top1"] == random_best
+    for arm, s in summary.items():
+        others = max(v["top1"] for a, v in summary.items() if a != arm)
+        assert s["gain_over_best_other"] == pytest.approx(s["top1"] - others)
+        assert s["macs"] <= 45e6
+    assert summary["autokd"]["seconds"] > result["search_seconds"] > 0  # search time is charged to autokd
+    assert "vs best other" in capsys.readouterr().out
+
+    space = load_space("cifar_resnet", 32)
+    specs = bench_search_quality.random_specs(5, 10_000_000, seed=3)
+    assert len(set(specs)) == 5 and all(count_macs(space.build(s, 10), 32) <= 10_000_000 for s in specs)
+    assert specs == bench_search_quality.random_specs(5, 10_000_000, seed=3)

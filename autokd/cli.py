@@ -38,6 +38,8 @@ def add_search_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--workers", type=int, default=1, help="processes working on the study (default 1)")
     p.add_argument("--img-size", type=int, help="input resolution (default: the teacher's)")
     p.add_argument("--batch-size", type=int, help="scoring batch (default 64 at <= 64 px, else 32)")
+    p.add_argument("--score-batches", type=int, default=1,
+                   help="score every candidate on N fixed batches and average (default 1; costs N times more)")
     p.add_argument("--proxies", type=_csv, default=("diswot",),
                    help="scores to compute: diswot,naswot,synflow,grad_norm (params and macs are always recorded)")
     p.add_argument("--objective", default="diswot", help="the score the search maximises (default diswot)")
@@ -61,7 +63,7 @@ def _search_config(args: argparse.Namespace):
         storage=args.storage, study_name=args.study, workers=args.workers, teacher_weights=args.teacher_weights,
         img_size=args.img_size, batch_size=args.batch_size, proxies=args.proxies, objective=args.objective,
         population_size=args.population, tournament_size=args.tournament, device=args.device,
-        width_match=args.width_match, score_teacher=args.score_teacher,
+        width_match=args.width_match, score_teacher=args.score_teacher, score_batches=args.score_batches,
     )
 
 

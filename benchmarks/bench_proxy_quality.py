@@ -118,7 +118,6 @@ def rescore(frame: pd.DataFrame, args: argparse.Namespace) -> pd.DataFrame:
     import torch
 
     from autokd.errors import AutokdError
-    from autokd.proxies import score_candidate
     from autokd.search import SearchConfig, prepare
     from autokd.spaces import ArchSpec
 
@@ -128,7 +127,8 @@ def rescore(frame: pd.DataFrame, args: argparse.Namespace) -> pd.DataFrame:
     config = SearchConfig(
         teacher=args.teacher, teacher_weights=args.teacher_weights, data=args.data,
         budget=str(int(frame["macs"].max() * 1.05) + 1), spaces=tuple(sorted({s.space for s in specs})),
-        img_size=args.img_size, batch_size=args.batch_size, proxies=SCORED, seed=args.seed,
+        img_size=args.img_size, batch_size=args.batch_size, score_batches=args.score_batches, proxies=SCORED,
+        seed=args.seed,
         width_match=args.width_match, score_teacher=args.score_teacher, device=args.device,
     )
     ctx = prepare(config)
@@ -139,7 +139,7 @@ def rescore(frame: pd.DataFrame, args: argparse.Namespace) -> pd.DataFrame:
         while True:  # a proxy that cannot read this model (e.g. NASWOT without ReLU modules) is left out
             try:
                 model = ev.build(spec).to(ev.device)
-                scores.append(score_candidate(model, ev.batch, ev.reference, names, cost=ev.cost(spec)))
+                scores.append(ev.score_model(model, names, ev.cost(spec)))
                 break
             except AutokdError as err:
                 failed = next((n for n in names if repr(n) in str(err) or n.upper() in str(err)), None)
@@ -162,6 +162,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--rescore", action="store_true", help="score the specs even when the CSV has proxy columns")
     p.add_argument("--img-size", type=int)
     p.add_argument("--batch-size", type=int)
+    p.add_argument("--score-batches", type=int, default=1, help="average the scores over N fixed batches")
     p.add_argument("--width-match", default="projection")
     p.add_argument("--score-teacher", default="random", choices=("random", "trained"),
                    help="score against a random copy of the teacher (the search's default) or the trained one")

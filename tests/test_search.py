@@ -169,3 +169,36 @@ def test_diswot_scores_against_a_random_copy_of_a_trained_teacher_by_default(fol
     again = prepare(SearchConfig(**base))
     assert torch.equal(default.evaluator.reference.grad, again.evaluator.reference.grad)  # seeded copy
     assert default.study_attrs()["score_teacher"] == "random"
+
+
+def test_several_scoring_batches_average_the_scores(tmp_path):
+    import torch
+
+    from autokd.errors import AutokdError
+    from autokd.proxies import score_candidate
+    from autokd.search import prepare
+
+    one = prepare(config(tmp_path, proxies=("diswot", "naswot")))
+    three = prepare(config(tmp_path, proxies=("diswot", "naswot"), score_batches=3))
+    ev = three.evaluator
+    assert len(ev.batches) == len(ev.references) == 3 and len(one.evaluator.batches) == 1
+    assert torch.equal(ev.batch.images, one.evaluator.batch.images)  # the first batch is the single-batch default
+    assert not torch.equal(ev.batches[0].images, ev.batches[1].images)
+    for b in ev.batches:  # every batch class-balanced: 32 images of 10 classes, 3 or 4 each
+        assert set(torch.bincount(b.labels.cpu(), minlength=10).tolist()) <= {3, 4}
+
+    spec = load_space("cifar_resnet", 32).smallest()
+    scores = ev.score(spec)
+    per_batch = [score_candidate(ev.build(spec), b, r, ["diswot", "naswot"]) for b, r in zip(ev.batches,
+                                                                                              ev.references)]
+    for key in ("diswot", "diswot_relation", "naswot"):
+        assert scores[key] == pytest.approx(sum(s[key] for s in per_batch) / 3)
+    assert len({round(s["diswot"], 6) for s in per_batch}) == 3  # the batches really differ
+    assert scores["diswot"] != pytest.approx(one.evaluator.score(spec)["diswot"])
+    assert three.study_attrs()["score_batches"] == 3
+
+    run_search(config(tmp_path, trials=2), progress=False)
+    with pytest.raises(AutokdError, match="different score_batches"):
+        run_search(config(tmp_path, trials=3, score_batches=2), progress=False)
+    with pytest.raises(AutokdError, match="score-batches"):
+        prepare(config(tmp_path, score_batches=0))

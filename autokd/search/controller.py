@@ -31,7 +31,7 @@ SAMPLERS = ("evolution", "nsga2", "tpe", "random")
 # Studies are keyed by what makes their scores comparable; resuming with another setting is refused.
 STUDY_KEYS = (
     "teacher", "budget", "params_budget", "img_size", "spaces", "objective", "seed", "batch_size", "data",
-    "width_match", "score_teacher",
+    "width_match", "score_teacher", "score_batches",
 )
 
 
@@ -54,6 +54,7 @@ class SearchConfig:
     teacher_weights: str | None = None
     img_size: int | None = None
     batch_size: int | None = None
+    score_batches: int = 1
     proxies: tuple[str, ...] = ("diswot",)
     objective: str = "diswot"
     width_match: str = "projection"
@@ -98,6 +99,7 @@ class SearchContext:
             "proxies": list(self.evaluator.proxies),
             "width_match": c.width_match,
             "score_teacher": c.score_teacher,
+            "score_batches": len(self.evaluator.batches),
         }
 
 
@@ -127,8 +129,8 @@ def validate(config: SearchConfig) -> Budget:
         raise AutokdError(f"unknown --score-teacher {config.score_teacher!r}: choose random or trained")
     if config.width_match not in WIDTH_MATCHES:
         raise AutokdError(f"unknown --width-match {config.width_match!r}: choose one of {', '.join(WIDTH_MATCHES)}")
-    if config.trials < 1 or config.workers < 1:
-        raise AutokdError("--trials and --workers must be at least 1")
+    if config.trials < 1 or config.workers < 1 or config.score_batches < 1:
+        raise AutokdError("--trials, --workers and --score-batches must be at least 1")
     return budget
 
 
@@ -158,20 +160,23 @@ def prepare(config: SearchConfig) -> SearchContext:
 
     device = resolve_device(config.device)
     batch_size = config.batch_size or (64 if img_size <= 64 else 32)
-    images, labels = scoring_batch(data, batch_size, config.seed, teacher.transform(),
+    # several batches are consecutive chunks of one class-balanced draw, so the first is the single-batch default
+    images, labels = scoring_batch(data, batch_size * config.score_batches, config.seed, teacher.transform(),
                                    val_fraction=config.val_fraction)
-    batch = ScoringBatch(images.to(device), labels.to(device))
+    batches = [ScoringBatch(x.to(device), y.to(device))
+               for x, y in zip(images.split(batch_size), labels.split(batch_size)) if len(y) >= 2]
     # DisWOT scores against a randomly initialised teacher, as the paper does; on the CIFAR-10 ground truth this
     # ranked distilled accuracy better than the trained teacher (README). The trained teacher is kept for training.
     random_teacher = config.score_teacher == "random" or not teacher.pretrained
     scorer = random_copy(teacher.model, config.seed) if random_teacher and teacher.pretrained else teacher.model
     scorer.to(device)
     # A random teacher's BatchNorm running statistics mean nothing: score it on batch statistics, as the paper.
-    reference = teacher_reference(scorer, batch.images, batch.labels, seed=config.seed,
-                                  width_match=config.width_match, batch_stats=random_teacher)
+    references = [teacher_reference(scorer, b.images, b.labels, seed=config.seed, width_match=config.width_match,
+                                    batch_stats=random_teacher) for b in batches]
     scorer.to("cpu")
     proxies = list(dict.fromkeys([*config.proxies, "params", "macs"]))
-    evaluator = CandidateEvaluator(spaces, budget, len(data.classes), batch, reference, proxies, device, config.seed)
+    evaluator = CandidateEvaluator(spaces, budget, len(data.classes), batches, references, proxies, device,
+                                   config.seed)
 
     reachable = {}
     for name, space in spaces.items():

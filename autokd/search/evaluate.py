@@ -35,29 +35,45 @@ def spec_seed(spec: ArchSpec, seed: int) -> int:
 
 
 class CandidateEvaluator:
-    """Costs and scores specs of several spaces against one teacher reference, caching by spec."""
+    """Costs and scores specs of several spaces against teacher references on fixed batches, caching by spec.
+
+    With several scoring batches, each score is the mean over the batches (one reference per batch).
+    """
 
     def __init__(
         self,
         spaces: dict[str, SearchSpace],
         budget: Budget,
         num_classes: int,
-        batch: ScoringBatch,
-        reference: TeacherReference,
+        batches: Sequence[ScoringBatch],
+        references: Sequence[TeacherReference],
         proxies: Sequence[str],
         device: torch.device | str = "cpu",
         seed: int = 0,
     ):
+        if not batches or len(batches) != len(references):
+            raise ValueError(f"need one teacher reference per scoring batch, got {len(batches)} batches and "
+                             f"{len(references)} references")
         self.spaces = spaces
         self.budget = budget
         self.num_classes = num_classes
-        self.batch = batch
-        self.reference = reference
+        self.batches = list(batches)
+        self.references = list(references)
         self.proxies = list(proxies)
         self.device = torch.device(device)
         self.seed = seed
         self._costs: dict[ArchSpec, Cost] = {}
         self._models: OrderedDict[ArchSpec, nn.Module] = OrderedDict()
+
+    @property
+    def batch(self) -> ScoringBatch:
+        """The first scoring batch (the only one unless the search averages several)."""
+        return self.batches[0]
+
+    @property
+    def reference(self) -> TeacherReference:
+        """The teacher reference on the first scoring batch."""
+        return self.references[0]
 
     def estimate(self, spec: ArchSpec) -> int:
         return self.spaces[spec.space].estimate_macs(spec, self.num_classes)
@@ -93,9 +109,14 @@ class CandidateEvaluator:
         if not self.budget.fits(cost):
             raise ValueError(f"refusing to score {spec}: {cost.macs} MACs is over the budget {self.budget}")
         model = self.build(spec).to(self.device)
-        scores = score_candidate(model, self.batch, self.reference, self.proxies, cost=cost)
+        scores = self.score_model(model, self.proxies, cost)
         self.build(spec).to("cpu")
         return scores
+
+    def score_model(self, model: nn.Module, proxies: Sequence[str], cost: Cost) -> dict[str, float]:
+        """The named proxies' scores of `model`, averaged over the scoring batches."""
+        runs = [score_candidate(model, b, r, proxies, cost=cost) for b, r in zip(self.batches, self.references)]
+        return {key: sum(run[key] for run in runs) / len(runs) for key in runs[0]}
 
     def evaluate(self, spec: ArchSpec) -> Candidate:
         return Candidate(spec, self.cost(spec), self.score(spec))

@@ -189,8 +189,8 @@ def add_train_args(p: argparse.ArgumentParser, student: bool = True) -> None:
         p.add_argument("--student", required=True,
                        help="a spec YAML from `autokd search` (OUT/top/1.yaml), study:NAME#TRIAL, or a timm name")
         p.add_argument("--storage", help="the storage of a study:NAME#TRIAL student (default sqlite:///autokd.db)")
-        p.add_argument("--recipe", default="kd", help="a preset (kd, dkd, dist, nkd, kd_ls, fitnet, minilm, none, "
-                                                      "kd_adamw) or a recipe YAML/JSON file (default kd)")
+        p.add_argument("--recipe", help="a preset (kd, dkd, dist, nkd, kd_ls, fitnet, minilm, none, kd_adamw) or a "
+                                        "recipe YAML/JSON file (default: dist for CNN students, kd_adamw for ViTs)")
         p.add_argument("--baseline", action="store_true", help="also train the student without KD and report the gain")
         p.add_argument("--teacher-cache", action="store_true", help="cache the teacher's top-k outputs (TinyViT-style)")
     p.add_argument("--data", help="ImageFolder dir, ImageFolder zip, or CIFAR pickle folder (default: synthetic demo)")
@@ -217,33 +217,32 @@ def _run_folder(args: argparse.Namespace) -> tuple[Path, bool]:
 
 
 def _recipe(args: argparse.Namespace, name: str):
-    from autokd.recipes import Recipe
+    from autokd.recipes import load_recipe
 
-    recipe = Recipe.load(name)
-    if args.epochs:
-        recipe = recipe.with_epochs(args.epochs)
-    changes = {k: v for k, v in (("batch_size", args.batch_size), ("lr", args.lr)) if v is not None}
-    if getattr(args, "teacher_cache", False):
-        changes["teacher_cache"] = True
-    return recipe.replace(**changes) if changes else recipe
+    return load_recipe(name, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+                       teacher_cache=getattr(args, "teacher_cache", False))
 
 
 def cmd_train(args: argparse.Namespace) -> int:
     from autokd.data import load_data
+    from autokd.pipeline import default_recipe
     from autokd.teachers import resolve_teacher
-    from autokd.train import resolve_student, train_student
+    from autokd.train import resolve_student, student_space, train_student
 
     out, resume = _run_folder(args)
-    recipe = _recipe(args, args.recipe)
+    recipe = _recipe(args, args.recipe) if args.recipe else None  # a bad recipe fails before any loading
     data = load_data(args.data, img_size=args.img_size or 32, seed=args.seed)
+    student = resolve_student(args.student, data.num_classes, storage=args.storage, img_size=args.img_size)
+    if recipe is None:
+        recipe = _recipe(args, default_recipe(student_space(student)))
     teacher = None
     if args.teacher:
         teacher = resolve_teacher(args.teacher, data.num_classes, weights=args.teacher_weights, img_size=args.img_size)
         for note in teacher.notes:
             logging.getLogger("autokd").info(note)
     elif recipe.needs_teacher:
-        raise AutokdError(f"recipe {args.recipe!r} distils from a teacher: give --teacher (or use --recipe none)")
-    student = resolve_student(args.student, data.num_classes, storage=args.storage, img_size=args.img_size)
+        raise AutokdError(f"recipe {args.recipe or recipe.loss!r} distils from a teacher: give --teacher (or use "
+                          "--recipe none)")
     if teacher is not None and student.img_size and student.img_size != teacher.img_size:
         raise AutokdError(
             f"the student was searched at {student.img_size} px but the teacher takes {teacher.img_size} px: "

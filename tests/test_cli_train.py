@@ -90,3 +90,18 @@ def test_teacher_trained_for_other_classes_must_be_finetuned_first(capsys, tmp_p
 
     teacher = resolve_teacher("resnet20_cifar", 5, weights=str(tmp_path / "ft" / "best.pt"))
     assert teacher.head_trained and teacher.num_classes == 5
+
+
+def test_train_without_a_recipe_takes_the_preset_that_suits_the_student(capsys, tmp_path, folder, student_yaml,
+                                                                         weights):
+    from autokd.train import Student, student_space
+    from autokd.train.students import student_from_timm
+
+    out = tmp_path / "run"
+    code, _, err = run(capsys, ["train", "--teacher", "resnet20_cifar", "--teacher-weights", str(weights),
+                                "--student", str(student_yaml), "--data", str(folder), "--epochs", "1",
+                                "--batch-size", "20", "--out", str(out), "--quiet", "--workers", "0"])
+    assert code == 0, err
+    assert json.loads((out / "results.json").read_text())["recipe"]["loss"] == "dist"  # a CNN student
+    assert student_space(student_from_timm("deit_tiny_patch16_224", 10)) == "vit"
+    assert student_space(Student(torch.nn.Linear(2, 2), "linear")) == "resnet"

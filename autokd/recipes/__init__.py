@@ -18,7 +18,7 @@ from autokd.recipes.logit_losses import (
     topk_to_probs,
 )
 from autokd.recipes.losses import KDLoss, build_loss, feature_tap
-from autokd.recipes.recipe import FEATURE_PARAMS, LOSS_PARAMS, PRESETS, Recipe, list_presets
+from autokd.recipes.recipe import FEATURE_PARAMS, LOSS_PARAMS, PRESETS, Recipe, list_presets, load_recipe
 
 __all__ = [
     "FEATURE_PARAMS",
@@ -37,6 +37,7 @@ __all__ = [
     "fitnet_loss",
     "kd_loss",
     "list_presets",
+    "load_recipe",
     "minilm_loss",
     "nkd_loss",
     "probs_to_logits",

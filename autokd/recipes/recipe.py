@@ -200,6 +200,18 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
+def load_recipe(source: str | Path, *, epochs: int | None = None, batch_size: int | None = None,
+                lr: float | None = None, teacher_cache: bool = False) -> Recipe:
+    """`Recipe.load(source)` with command-line overrides; new `epochs` rescale the warm-ups (`with_epochs`)."""
+    recipe = Recipe.load(source)
+    if epochs:
+        recipe = recipe.with_epochs(epochs)
+    changes: dict[str, Any] = {k: v for k, v in (("batch_size", batch_size), ("lr", lr)) if v is not None}
+    if teacher_cache:
+        changes["teacher_cache"] = True
+    return recipe.replace(**changes) if changes else recipe
+
+
 def list_presets() -> list[str]:
     """Names accepted by `Recipe.load`."""
     return list(PRESETS)

@@ -13,6 +13,7 @@ from autokd.train.students import (
     student_from_timm,
     student_from_trial,
     student_from_yaml,
+    student_space,
 )
 from autokd.train.views import EpochSampler, SeededViews, derive_seed, seeded_rng
 
@@ -40,6 +41,7 @@ __all__ = [
     "student_from_timm",
     "student_from_trial",
     "student_from_yaml",
+    "student_space",
     "teacher_fingerprint",
     "topk_targets",
     "train_student",

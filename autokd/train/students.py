@@ -36,6 +36,13 @@ class Student:
     notes: list[str] = field(default_factory=list)
 
 
+def student_space(student: Student) -> str:
+    """The search space of `student`, or for a timm model "vit" when it embeds patches, else "resnet"."""
+    if student.spec is not None:
+        return student.spec.space
+    return "vit" if hasattr(student.model, "patch_embed") else "resnet"
+
+
 def build_from_spec(spec: ArchSpec, num_classes: int, img_size: int, *, budget: int | None = None,
                     name: str | None = None) -> Student:
     """Build `spec` with its search space (search_spaces/<space>.yaml); warn when it is over `budget`."""

@@ -30,7 +30,10 @@ PROXY_COLUMNS = {
     "diswot": ("diswot", 1), "diswot_relation": ("diswot_relation", -1), "diswot_semantic": ("diswot_semantic", -1),
     "naswot": ("naswot", 1), "synflow": ("synflow", 1), "grad_norm": ("grad_norm", 1),
     "params": ("params", 1), "macs": ("macs", 1),
+    # budget-aware combinations with size: the mean of the two ranks within the ground truth (higher = better)
+    "diswot+params": ("diswot+params", 1), "diswot+macs": ("diswot+macs", 1),
 }
+COMBINED = {"diswot+params": ("diswot", "params"), "diswot+macs": ("diswot", "macs")}
 SCORED = ("diswot", "naswot", "synflow", "grad_norm")  # what the rescoring asks autokd for
 TARGETS = ("kd_acc", "cls_acc")
 UNAVAILABLE: dict[str, str] = {}  # proxy -> why it could not score some spec
@@ -40,11 +43,16 @@ GT_COLUMNS = ("spec", "macs", "params", "kd_acc", "cls_acc", "seed", "epochs", "
 # ------------------------------------------------------------------------------------------- statistics
 def kendall_tau(x: np.ndarray, y: np.ndarray) -> float:
     """Kendall's tau-b (ties counted as scipy does); nan when either side is constant."""
-    return float(stats.kendalltau(x, y).statistic)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", stats.ConstantInputWarning)
+        return float(stats.kendalltau(x, y).statistic)
 
 
 def spearman_rho(x: np.ndarray, y: np.ndarray) -> float:
-    return float(stats.spearmanr(x, y).statistic)
+    """Spearman's rho; nan when either side is constant."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", stats.ConstantInputWarning)
+        return float(stats.spearmanr(x, y).statistic)
 
 
 def bootstrap_ci(x: np.ndarray, y: np.ndarray, statistic, n_resamples: int = 2000, level: float = 0.95,
@@ -54,9 +62,7 @@ def bootstrap_ci(x: np.ndarray, y: np.ndarray, statistic, n_resamples: int = 200
     x, y = np.asarray(x, float), np.asarray(y, float)
     rng = np.random.default_rng(seed)
     idx = rng.integers(0, len(x), size=(n_resamples, len(x)))
-    with warnings.catch_warnings():  # a resample with one distinct value has no correlation: dropped below
-        warnings.simplefilter("ignore", stats.ConstantInputWarning)
-        values = np.array([statistic(x[i], y[i]) for i in idx])
+    values = np.array([statistic(x[i], y[i]) for i in idx])  # nan for a resample of one value: dropped below
     values = values[~np.isnan(values)]
     if values.size == 0:
         return float("nan"), float("nan")
@@ -98,6 +104,21 @@ def proxy_quality(frame: pd.DataFrame, proxies: list[str], targets: tuple[str, .
                 "n": len(y),
             }
     return result
+
+
+def rank_mean(frame: pd.DataFrame, columns: tuple[str, ...]) -> np.ndarray:
+    """The mean over `columns` of each row's rank (1 = lowest, ties averaged); nan where any column is nan.
+    Every column is higher = better, as `PROXY_COLUMNS` signs them."""
+    ranks = [pd.Series(PROXY_COLUMNS[c][1] * frame[PROXY_COLUMNS[c][0]].to_numpy(float)).rank() for c in columns]
+    return pd.concat(ranks, axis=1).mean(axis=1, skipna=False).to_numpy()
+
+
+def add_combinations(frame: pd.DataFrame) -> pd.DataFrame:
+    """The frame with one column per `COMBINED` entry."""
+    out = frame.copy()
+    for name, columns in COMBINED.items():
+        out[name] = rank_mean(out, columns)
+    return out
 
 
 # ---------------------------------------------------------------------------------------------- inputs
@@ -171,14 +192,18 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--threads", type=int)
     p.add_argument("--resamples", type=int, default=2000, help="bootstrap resamples (default 2000)")
     p.add_argument("--out", default=str(RESULTS_DIR / "proxy_quality.json"))
+    p.add_argument("--scores-out", help="also write the ground truth with every proxy's score per spec (CSV)")
     args = p.parse_args(argv)
 
     frame = read_ground_truth(args.gt)
-    have = all(PROXY_COLUMNS[n][0] in frame.columns for n in PROXY_COLUMNS)
+    have = all(PROXY_COLUMNS[n][0] in frame.columns for n in PROXY_COLUMNS if n not in COMBINED)
     if args.rescore or not have:
         if not args.data:
             raise SystemExit("the CSV has no proxy columns: give --data (and --teacher/--teacher-weights) to score")
         frame = rescore(frame, args)
+    frame = add_combinations(frame)
+    if args.scores_out:
+        frame.to_csv(args.scores_out, index=False)
     proxies = list(PROXY_COLUMNS)
     quality = proxy_quality(frame, proxies, n_resamples=args.resamples, seed=args.seed)
 

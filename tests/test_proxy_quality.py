@@ -108,3 +108,25 @@ def test_variants_rescore_every_variant_against_the_same_ground_truth(tmp_path, 
     variants = result["variants"]
     assert variants["trained teacher"]["params"]["tau"] == variants["random teacher (default)"]["params"]["tau"]
     assert json.loads((tmp_path / "v.json").read_text())["gt"] == str(gt)
+
+
+def test_rank_mean_combines_signed_ranks_by_hand():
+    frame = pd.DataFrame({"diswot": [3.0, 1.0, 2.0, 5.0], "params": [10, 30, 20, 5],
+                          "diswot_relation": [0.1, 0.3, 0.2, np.nan]})
+    assert list(bpq.rank_mean(frame, ("diswot", "params"))) == [2.5, 2.5, 2.5, 2.5]  # [3,1,2,4] and [2,4,3,1]
+    assert list(bpq.rank_mean(frame, ("diswot_relation",)))[:3] == [3.0, 1.0, 2.0]  # a distance: lower = better
+    combined = bpq.rank_mean(frame, ("diswot", "diswot_relation"))
+    assert list(combined[:3]) == [3.0, 1.0, 2.0] and np.isnan(combined[3])  # a missing score is not hidden
+    both = bpq.add_combinations(frame.assign(macs=[4, 3, 2, 1]))
+    assert list(both["diswot+macs"]) == [3.5, 2.0, 2.0, 2.5]  # diswot [3,1,2,4], macs [4,3,2,1]
+    assert list(both["diswot+params"]) == [2.5, 2.5, 2.5, 2.5]
+
+
+def test_combinations_are_reported_with_the_proxies(gt_csv, tmp_path):
+    result = bpq.main(["--gt", str(gt_csv), "--resamples", "50", "--out", str(tmp_path / "q.json"),
+                       "--scores-out", str(tmp_path / "scores.csv")])
+    # diswot = kd_acc (ranks 1..N) and macs in reverse (N..1): every rank mean is (N + 1) / 2, no ordering
+    assert math.isnan(result["proxies"]["diswot+macs"]["kd_acc"]["tau"])
+    scores = pd.read_csv(tmp_path / "scores.csv")
+    assert (scores["diswot+macs"] == (N + 1) / 2).all() and len(scores) == N
+    assert -1 <= result["proxies"]["diswot+params"]["kd_acc"]["tau"] <= 1

@@ -102,7 +102,7 @@ def test_variants_rescore_every_variant_against_the_same_ground_truth(tmp_path, 
     ])
     assert set(result["variants"]) == {"trained teacher", "random teacher (default)"}
     for variant in result["variants"].values():
-        assert set(variant) == {"diswot", "diswot_relation", "diswot_semantic", "params"}
+        assert set(variant) == {"diswot", "diswot_relation", "diswot_semantic", "params", "diswot+params"}
         assert all(-1 <= v["tau"] <= 1 for v in variant.values())
     # params does not depend on the DisWOT variant
     variants = result["variants"]

@@ -145,10 +145,11 @@ def rescore(frame: pd.DataFrame, args: argparse.Namespace) -> pd.DataFrame:
     if args.threads:
         torch.set_num_threads(args.threads)
     specs = [ArchSpec.from_json(s) for s in frame["spec"]]
+    scored = tuple(args.proxies)
     config = SearchConfig(
         teacher=args.teacher, teacher_weights=args.teacher_weights, data=args.data,
         budget=str(int(frame["macs"].max() * 1.05) + 1), spaces=tuple(sorted({s.space for s in specs})),
-        img_size=args.img_size, batch_size=args.batch_size, score_batches=args.score_batches, proxies=SCORED,
+        img_size=args.img_size, batch_size=args.batch_size, score_batches=args.score_batches, proxies=scored,
         seed=args.seed,
         width_match=args.width_match, score_teacher=args.score_teacher, device=args.device,
     )
@@ -156,7 +157,7 @@ def rescore(frame: pd.DataFrame, args: argparse.Namespace) -> pd.DataFrame:
     ev = ctx.evaluator
     scores = []
     for spec in specs:
-        names = list(SCORED)
+        names = list(scored)
         while True:  # a proxy that cannot read this model (e.g. NASWOT without ReLU modules) is left out
             try:
                 model = ev.build(spec).to(ev.device)
@@ -184,6 +185,8 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--img-size", type=int)
     p.add_argument("--batch-size", type=int)
     p.add_argument("--score-batches", type=int, default=1, help="average the scores over N fixed batches")
+    p.add_argument("--proxies", type=lambda v: tuple(v.split(",")), default=SCORED,
+                   help=f"proxies to rescore (default {','.join(SCORED)}; the others are left out of the table)")
     p.add_argument("--width-match", default="projection")
     p.add_argument("--score-teacher", default="random", choices=("random", "trained"),
                    help="score against a random copy of the teacher (the search's default) or the trained one")
@@ -204,7 +207,7 @@ def main(argv: list[str] | None = None) -> dict:
     frame = add_combinations(frame)
     if args.scores_out:
         frame.to_csv(args.scores_out, index=False)
-    proxies = list(PROXY_COLUMNS)
+    proxies = [n for n in PROXY_COLUMNS if frame[PROXY_COLUMNS[n][0]].notna().any()]  # those scored
     quality = proxy_quality(frame, proxies, n_resamples=args.resamples, seed=args.seed)
 
     n = len(frame)

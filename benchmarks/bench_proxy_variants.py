@@ -53,7 +53,8 @@ def main(argv: list[str] | None = None) -> dict:
             base = ["--batch-size", "64"] if "--batch-size" not in extra else []
             q = bench_proxy_quality.main([
                 "--gt", args.gt, "--data", args.data, "--teacher", args.teacher, *weights, "--rescore",
-                "--resamples", str(args.resamples), "--out", str(Path(tmp) / "q.json"), *base, *extra,
+                "--proxies", "diswot", "--resamples", str(args.resamples), "--out", str(Path(tmp) / "q.json"),
+                *base, *extra,
             ])["proxies"]
             results[name] = {k: q[k]["kd_acc"] for k in SHOWN}
             rows.append([name] + [f"{q[k]['kd_acc']['tau']:+.3f} [{q[k]['kd_acc']['tau_ci'][0]:+.2f}, "

@@ -23,6 +23,7 @@ import sys
 import time
 from pathlib import Path
 
+import optuna
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -146,4 +147,5 @@ def main(argv: list[str] | None = None) -> dict:
 
 if __name__ == "__main__":
     logging.basicConfig(level=logging.WARNING, format="autokd: %(message)s")
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
     main()

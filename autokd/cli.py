@@ -47,7 +47,8 @@ def add_search_args(p: argparse.ArgumentParser) -> None:
                    help="DisWOT scores against a randomly initialised copy of the teacher (default, as the paper) "
                         "or the trained teacher")
     p.add_argument("--width-match", default="projection",
-                   help="how DisWOT compares a student of another width: projection (default), pool, correlation")
+                   help="how DisWOT compares a student of another width: projection (default), pool, correlation, "
+                        "class")
     p.add_argument("--top-k", type=int, default=10, help="leaderboard size (default 10)")
     p.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:N")
     p.add_argument("--out", help="folder for leaderboard.csv, top/*.yaml, report.html and the study database")

@@ -219,7 +219,7 @@ def test_scores_are_deterministic_and_leave_model_and_rng_untouched(batch):
     assert score_candidate(student, batch, again, names) == first
 
 
-@pytest.mark.parametrize("width_match", ["projection", "pool", "correlation"])
+@pytest.mark.parametrize("width_match", ["projection", "pool", "correlation", "class"])
 def test_width_mismatch_is_deterministic_and_seeded(batch, width_match):
     teacher, student = resnet("resnet10t"), vit(width=64)  # C_t = 512, C_s = 64
     ref = teacher_reference(teacher, batch.images, batch.labels, width_match=width_match)
@@ -231,7 +231,7 @@ def test_width_mismatch_is_deterministic_and_seeded(batch, width_match):
     reseeded = score_candidate(student, batch, dataclasses.replace(ref, seed=1), ["diswot"])
     if width_match == "projection":
         assert reseeded["diswot_semantic"] != first["diswot_semantic"]
-    else:  # no randomness in the pooling and correlation paths
+    else:  # no randomness in the pooling, correlation and class paths
         assert reseeded == first
 
 
@@ -413,3 +413,35 @@ def test_bad_input_raises_autokd_error(batch):
         ScoringBatch(batch.images, batch.labels[:-1])
     with pytest.raises(AutokdError, match="labels run from"):
         teacher_reference(TinyNet(), batch.images, batch.labels + NUM_CLASSES)
+
+
+def test_class_distance_by_hand_and_across_widths():
+    from autokd.proxies import class_distance, class_relation
+
+    # K = 2 classes: rows (1, 0) and (1, 1) -> g g^T = [[1, 1], [1, 2]], rows normalised
+    grad = torch.tensor([[1.0, 0.0], [1.0, 1.0]])
+    expected = torch.tensor([[1, 1], [1, 2]], dtype=torch.float64)
+    expected = expected / expected.norm(dim=1, keepdim=True)
+    assert torch.allclose(class_relation(grad), expected)
+    other = torch.tensor([[0.0, 1.0], [1.0, 0.0]])  # orthogonal rows -> identity relation
+    gap = ((expected - torch.eye(2, dtype=torch.float64)) ** 2).sum() / 2
+    assert class_distance(grad, other) == pytest.approx(float(gap))
+    # widths may differ: a teacher whose channels are the student's repeated (and scaled) has the same relation
+    generator = torch.Generator().manual_seed(3)
+    student = torch.randn(10, 16, generator=generator)
+    assert class_distance(student, 3 * student.repeat(1, 4)) == pytest.approx(0.0, abs=1e-12)
+    assert class_distance(student, torch.randn(10, 64, generator=generator)) > 0.1
+
+
+def test_class_width_match_scores_every_student_by_its_class_relation(batch):
+    from autokd.proxies import class_distance, classifier_grad
+    from autokd.proxies.base import forward_outputs
+
+    teacher, student = resnet("resnet10t"), vit(width=64)
+    ref = teacher_reference(teacher, batch.images, batch.labels, width_match="class")
+    with torch.no_grad():
+        out = forward_outputs(student, batch.images)
+    grad_s = classifier_grad(out.logits, out.pooled, batch.labels)
+    scores = score_candidate(student, batch, ref, ["diswot"])
+    assert scores["diswot_semantic"] == pytest.approx(class_distance(grad_s, ref.grad), abs=1e-9)
+    assert 0.0 < scores["diswot_semantic"] < 4.0

@@ -3,6 +3,8 @@
 from autokd.proxies.base import ForwardOutputs, Probe, Proxy, ScoringBatch, classifier_grad, relation_gram
 from autokd.proxies.diswot import (
     channel_correlation,
+    class_distance,
+    class_relation,
     correlation_distance,
     diswot_distances,
     random_projection,
@@ -22,6 +24,8 @@ __all__ = [
     "TeacherReference",
     "channel_correlation",
     "classifier_grad",
+    "class_distance",
+    "class_relation",
     "correlation_distance",
     "diswot_distances",
     "random_copy",

@@ -22,6 +22,10 @@ Students of another width than the teacher (C_s != C_t), `TeacherReference.width
   smaller width and renormalised, by `||A_s - A_t||_F^2 / C` (0 to 4, like M_s). It replaces M_s for every
   student, equal widths too, so that one search compares one quantity. Pooling assumes that neighbouring
   channel indices are related, which random networks do not promise; the option exists to be measured.
+- "class": compare the K x K class relations g g^T (rows L2-normalised) by `||A_s - A_t||_F^2 / K` (0 to 4).
+  Classes index both gradients the same way whatever the widths, so nothing is projected, pooled or resized;
+  like "correlation" it replaces M_s for every student. Row k of g is the mean feature of the batch weighted
+  by (p_k - y_k), so A says which classes the network's features already tell apart, and how alike.
 
 Neither is neutral, measured on CIFAR-10 JPEGs with the trained ResNet-56 teacher (C_t = 64), 40 random
 cifar_resnet students: with "projection", M_s is 1.96 +- 0.02 for every student narrower than 64 and 0.88 for
@@ -76,6 +80,21 @@ def channel_correlation(grad: torch.Tensor) -> torch.Tensor:
     return F.normalize(grad.T @ grad, dim=1)
 
 
+def class_relation(grad: torch.Tensor) -> torch.Tensor:
+    """The K x K class relation g g^T of a K x C gradient, each row L2-normalised (any width C)."""
+    grad = grad.double()
+    return F.normalize(grad @ grad.T, dim=1)
+
+
+def class_distance(grad_s: torch.Tensor, grad_t: torch.Tensor) -> float:
+    """`||A_s - A_t||_F^2 / K` between the class relations of two K x C gradients (widths may differ)."""
+    return _relations_gap(class_relation(grad_s), class_relation(grad_t))
+
+
+def _relations_gap(rel_s: torch.Tensor, rel_t: torch.Tensor) -> float:
+    return float((rel_s - rel_t).pow(2).sum() / len(rel_s))
+
+
 def _compare_correlations(corr_s: torch.Tensor, corr_t: torch.Tensor) -> float:
     size = min(len(corr_s), len(corr_t))
     corr_s, corr_t = _pool_square(corr_s, size), _pool_square(corr_t, size)
@@ -118,6 +137,11 @@ def diswot_distances(
         if key not in ref.cache:
             ref.cache[key] = channel_correlation(grad_t)
         return m_r, _compare_correlations(channel_correlation(grad_s), ref.cache[key])
+    if ref.width_match == "class":
+        key = ("class", str(grad_s.device))
+        if key not in ref.cache:
+            ref.cache[key] = class_relation(grad_t)
+        return m_r, _relations_gap(class_relation(grad_s), ref.cache[key])
     if ref.width_match == "pool":
         key = ("pool", width, str(grad_s.device))
         if key not in ref.cache:

@@ -10,7 +10,7 @@ import torch.nn as nn
 from autokd.errors import AutokdError
 from autokd.proxies.base import ScoringBatch, classifier_grad, forward_outputs, relation_gram, scoring_mode
 
-WIDTH_MATCHES = ("projection", "pool", "correlation")
+WIDTH_MATCHES = ("projection", "pool", "correlation", "class")
 
 
 @dataclass(frozen=True, eq=False)

@@ -1,9 +1,9 @@
 """Which of DisWOT's open choices ranks trained students best? One rescoring of the ground truth per variant.
 
 Variants: the trained teacher or a randomly initialised copy of it (the search's default), the other width
-matchings, batch 32 and 128 (default 64), another fixed batch, the mean over 4 fixed batches. Reports Kendall
-tau (95% CI) of DisWOT and its two terms against KD accuracy, beside the params baseline and the budget-aware
-combination (mean rank of DisWOT and params), and writes results/proxy_variants.json.
+matchings (pool, correlation, class), batch 32 and 128 (default 64), another fixed batch, the mean over 4 fixed
+batches. Reports Kendall tau (95% CI) of DisWOT and its two terms against KD accuracy, beside the params baseline
+and the budget-aware combination (mean rank of DisWOT and params), and writes results/proxy_variants.json.
 
     python benchmarks/bench_proxy_variants.py --gt benchmarks/results/gt_cifar10.csv \
         --data ../shared/data/cifar10-jpeg.zip --teacher-weights ../shared/teachers/cifar10_resnet56-4bfd9763.th
@@ -25,11 +25,13 @@ VARIANTS = {
     "random teacher (default)": ["--score-teacher", "random"],
     "random teacher + width pool": ["--width-match", "pool"],
     "random teacher + width correlation": ["--width-match", "correlation"],
+    "random teacher + width class": ["--width-match", "class"],
     "random teacher + batch 32": ["--batch-size", "32"],
     "random teacher + batch 128": ["--batch-size", "128"],
     "random teacher + another batch (seed 1)": ["--seed", "1"],
     "random teacher + mean of 4 batches": ["--score-batches", "4"],
     "trained teacher + width pool": ["--score-teacher", "trained", "--width-match", "pool"],
+    "trained teacher + width class": ["--score-teacher", "trained", "--width-match", "class"],
 }
 SHOWN = ("diswot", "diswot_relation", "diswot_semantic", "params", "diswot+params")
 

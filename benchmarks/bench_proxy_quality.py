@@ -25,6 +25,8 @@ from scipy import stats
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import RESULTS_DIR, machine, print_table, write_json  # noqa: E402
 
+from autokd.spaces import ArchSpec  # noqa: E402
+
 # proxy -> (column autokd records, sign that makes higher = better)
 PROXY_COLUMNS = {
     "diswot": ("diswot", 1), "diswot_relation": ("diswot_relation", -1), "diswot_semantic": ("diswot_semantic", -1),
@@ -140,7 +142,6 @@ def rescore(frame: pd.DataFrame, args: argparse.Namespace) -> pd.DataFrame:
 
     from autokd.errors import AutokdError
     from autokd.search import SearchConfig, prepare
-    from autokd.spaces import ArchSpec
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -175,6 +176,26 @@ def rescore(frame: pd.DataFrame, args: argparse.Namespace) -> pd.DataFrame:
     return out
 
 
+def report(frame: pd.DataFrame, proxies: list[str], args: argparse.Namespace, title: str) -> dict:
+    """Print the quality table of `frame` and return the numbers (`proxy_quality`)."""
+    quality = proxy_quality(frame, proxies, n_resamples=args.resamples, seed=args.seed)
+    rows = []
+    for name in proxies:
+        row = [name]
+        for target in TARGETS:
+            q = quality[name][target]
+            row += [f"{q['tau']:+.3f} [{q['tau_ci'][0]:+.2f}, {q['tau_ci'][1]:+.2f}]",
+                    f"{q['rho']:+.3f} [{q['rho_ci'][0]:+.2f}, {q['rho_ci'][1]:+.2f}]",
+                    f"{q['top_pick_rank'] or '-'}/{q['n']}"]
+        rows.append(row)
+    columns = ["proxy"] + [f"{m} {t}" for t in TARGETS for m in ("tau", "rho", "top pick")]
+    notes = [f"{len(frame)} specs ({int(frame['seeds'].sum())} rows) from {args.gt}; bootstrap 95% intervals over "
+             f"{args.resamples} seeded resamples; top pick = true rank of the proxy's best (1 = best)"]
+    notes += [f"{name}: not scored ({why})" for name, why in UNAVAILABLE.items()]
+    print_table(title, columns, rows, notes)
+    return quality
+
+
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--gt", required=True, help="ground-truth CSV (benchmarks/build_ground_truth.py)")
@@ -205,31 +226,23 @@ def main(argv: list[str] | None = None) -> dict:
             raise SystemExit("the CSV has no proxy columns: give --data (and --teacher/--teacher-weights) to score")
         frame = rescore(frame, args)
     frame = add_combinations(frame)
+    frame["space"] = [ArchSpec.from_json(spec).space for spec in frame["spec"]]
     if args.scores_out:
         frame.to_csv(args.scores_out, index=False)
     proxies = [n for n in PROXY_COLUMNS if frame[PROXY_COLUMNS[n][0]].notna().any()]  # those scored
-    quality = proxy_quality(frame, proxies, n_resamples=args.resamples, seed=args.seed)
-
+    quality = report(frame, proxies, args, "proxy quality: rank correlation with trained accuracy")
+    by_space = {}
+    spaces = sorted(frame["space"].unique())
+    for space in spaces if len(spaces) > 1 else ():  # within one space, the combinations ranked there again
+        part = add_combinations(frame[frame["space"] == space].reset_index(drop=True))
+        if len(part) >= 4:
+            by_space[space] = report(part, proxies, args, f"within the {space} space")
     n = len(frame)
-    rows = []
-    for name in proxies:
-        row = [name]
-        for target in TARGETS:
-            q = quality[name][target]
-            row += [f"{q['tau']:+.3f} [{q['tau_ci'][0]:+.2f}, {q['tau_ci'][1]:+.2f}]",
-                    f"{q['rho']:+.3f} [{q['rho_ci'][0]:+.2f}, {q['rho_ci'][1]:+.2f}]",
-                    f"{q['top_pick_rank'] or '-'}/{q['n']}"]
-        rows.append(row)
-    columns = ["proxy"] + [f"{m} {t}" for t in TARGETS for m in ("tau", "rho", "top pick")]
-    notes = [f"{n} specs ({int(frame['seeds'].sum())} rows) from {args.gt}; bootstrap 95% intervals over "
-             f"{args.resamples} seeded resamples; top pick = true rank of the proxy's best (1 = best)"]
-    notes += [f"{name}: not scored ({why})" for name, why in UNAVAILABLE.items()]
-    print_table("proxy quality: rank correlation with trained accuracy", columns, rows, notes)
     result = {
         "gt": str(args.gt), "specs": n, "rows": int(frame["seeds"].sum()),
         "settings": {k: v for k, v in vars(args).items() if k not in ("gt", "out")},
         "rescored": args.rescore or not have, "unavailable": UNAVAILABLE,
-        "proxies": quality, "machine": machine(),
+        "proxies": quality, "by_space": by_space, "machine": machine(),
     }
     print(f"wrote {write_json(result, Path(args.out))}")
     return result

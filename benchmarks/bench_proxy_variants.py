@@ -47,7 +47,8 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--out", default=str(RESULTS_DIR / "proxy_variants.json"))
     args = p.parse_args(argv)
 
-    results, rows = {}, []
+    results: dict[str, dict] = {}
+    rows: dict[str, list] = {}  # table ("all" or a space) -> rows
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.variants.split(";"):
             extra = list(VARIANTS[name])
@@ -57,12 +58,19 @@ def main(argv: list[str] | None = None) -> dict:
                 "--gt", args.gt, "--data", args.data, "--teacher", args.teacher, *weights, "--rescore",
                 "--proxies", "diswot", "--resamples", str(args.resamples), "--out", str(Path(tmp) / "q.json"),
                 *base, *extra,
-            ])["proxies"]
-            results[name] = {k: q[k]["kd_acc"] for k in SHOWN}
-            rows.append([name] + [f"{q[k]['kd_acc']['tau']:+.3f} [{q[k]['kd_acc']['tau_ci'][0]:+.2f}, "
-                                  f"{q[k]['kd_acc']['tau_ci'][1]:+.2f}]" for k in SHOWN])
-    print_table("DisWOT variants: Kendall tau against KD accuracy", ["variant", *SHOWN], rows,
-                [f"ground truth {args.gt}; relation/semantic are negated distances (higher = better)"])
+            ])
+            tables = {"all": q["proxies"], **q["by_space"]}
+            results[name] = {k: q["proxies"][k]["kd_acc"] for k in SHOWN}
+            results[name]["by_space"] = {space: {k: v[k]["kd_acc"] for k in SHOWN}
+                                         for space, v in q["by_space"].items()}
+            for table, quality in tables.items():
+                rows.setdefault(table, []).append([name] + [
+                    f"{quality[k]['kd_acc']['tau']:+.3f} [{quality[k]['kd_acc']['tau_ci'][0]:+.2f}, "
+                    f"{quality[k]['kd_acc']['tau_ci'][1]:+.2f}]" for k in SHOWN])
+    for table, table_rows in rows.items():
+        where = "all students" if table == "all" else f"within the {table} space"
+        print_table(f"DisWOT variants: Kendall tau against KD accuracy, {where}", ["variant", *SHOWN], table_rows,
+                    [f"ground truth {args.gt}; relation/semantic are negated distances (higher = better)"])
     result = {"gt": args.gt, "variants": results, "machine": machine()}
     print(f"wrote {write_json(result, Path(args.out))}")
     return result

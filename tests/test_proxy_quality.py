@@ -102,8 +102,9 @@ def test_variants_rescore_every_variant_against_the_same_ground_truth(tmp_path, 
     ])
     assert set(result["variants"]) == {"trained teacher", "random teacher (default)"}
     for variant in result["variants"].values():
-        assert set(variant) == {"diswot", "diswot_relation", "diswot_semantic", "params", "diswot+params"}
-        assert all(-1 <= v["tau"] <= 1 for v in variant.values())
+        assert set(variant) == {"diswot", "diswot_relation", "diswot_semantic", "params", "diswot+params", "by_space"}
+        assert variant["by_space"] == {}  # one space only
+        assert all(-1 <= v["tau"] <= 1 for k, v in variant.items() if k != "by_space")
     # params does not depend on the DisWOT variant
     variants = result["variants"]
     assert variants["trained teacher"]["params"]["tau"] == variants["random teacher (default)"]["params"]["tau"]
@@ -130,3 +131,27 @@ def test_combinations_are_reported_with_the_proxies(gt_csv, tmp_path):
     scores = pd.read_csv(tmp_path / "scores.csv")
     assert (scores["diswot+macs"] == (N + 1) / 2).all() and len(scores) == N
     assert -1 <= result["proxies"]["diswot+params"]["kd_acc"]["tau"] <= 1
+
+
+def test_quality_within_each_space(tmp_path):
+    # within each space diswot orders kd_acc perfectly; across spaces it is inverted (vit scores high, trains low)
+    rows = []
+    for i in range(4):
+        for _space, spec, acc, score in (
+            ("cifar_resnet", ArchSpec.make("cifar_resnet", depths=(i + 1, 1, 1), widths=(8, 16, 16), shortcut="A"),
+             60.0 + i, float(i)),
+            ("vit", ArchSpec.make("vit", depth=4 + i, embed_dim=192, heads=(3,) * (4 + i),
+                                  mlp_ratio=(2.0,) * (4 + i), patch_size=8, pool="avg", head_dim=64),
+             20.0 + i, 10.0 + i),
+        ):
+            rows.append({"spec": spec.to_json(), "macs": 1000, "params": 10, "kd_acc": acc, "cls_acc": acc,
+                         "seed": 0, "epochs": 1, "device": "cpu", "diswot": score, "diswot_relation": -score,
+                         "diswot_semantic": 0.0, "naswot": 0.0, "synflow": 0.0, "grad_norm": 0.0})
+    gt = tmp_path / "gt.csv"
+    pd.DataFrame(rows).to_csv(gt, index=False)
+    result = bpq.main(["--gt", str(gt), "--resamples", "50", "--out", str(tmp_path / "q.json")])
+    assert set(result["by_space"]) == {"cifar_resnet", "vit"}
+    for space in ("cifar_resnet", "vit"):
+        assert result["by_space"][space]["diswot"]["kd_acc"]["tau"] == pytest.approx(1.0)
+        assert result["by_space"][space]["diswot"]["kd_acc"]["n"] == 4
+    assert result["proxies"]["diswot"]["kd_acc"]["tau"] < 0  # the overall ranking puts every vit first

@@ -5,6 +5,7 @@ import math
 import sys
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import torch
 
@@ -138,11 +139,12 @@ def test_search_quality_compares_autokds_pick_with_hand_and_random(tmp_path, fol
 
     result = bench_search_quality.main([
         "--data", str(folder), "--teacher", "resnet20_cifar", "--teacher-weights", str(weights),
-        "--budget", "45M", "--trials", "6", "--k", "2", "--epochs", "1", "--device", "cpu",
+        "--budget", "45M", "--trials", "6", "--k", "2", "--epochs", "1", "--device", "cpu", "--objectives",
+        "diswot,params",
         "--runs", str(tmp_path / "runs"), "--out", str(tmp_path / "q.json"),
     ])
     summary = result["summary"]
-    assert list(summary) == ["autokd", "hand (ResNet-20)", "random (best of 2)"]
+    assert list(summary) == ["autokd (diswot)", "autokd (params)", "hand (ResNet-20)", "random (best of 2)"]
     assert summary["hand (ResNet-20)"]["arch"] == bench_search_quality.RESNET20.short()
     assert len(result["runs"]["random (best of 2)"]) == 2
     random_best = max(r["top1"] for r in result["runs"]["random (best of 2)"])
@@ -151,7 +153,13 @@ def test_search_quality_compares_autokds_pick_with_hand_and_random(tmp_path, fol
         others = max(v["top1"] for a, v in summary.items() if a != arm)
         assert s["gain_over_best_other"] == pytest.approx(s["top1"] - others)
         assert s["macs"] <= 45e6
-    assert summary["autokd"]["seconds"] > result["search_seconds"] > 0  # search time is charged to autokd
+    for objective in ("diswot", "params"):  # the search's time is charged to its arm
+        assert summary[f"autokd ({objective})"]["seconds"] > result["search_seconds"][objective] > 0
+    hand = summary["hand (ResNet-20)"]
+    assert hand["seconds"] == pytest.approx(result["runs"]["hand (ResNet-20)"][0]["seconds"])
+    # the params objective picks the largest student under the budget among the trials it scored
+    board = pd.read_csv(tmp_path / "runs" / "search-params" / "leaderboard.csv")
+    assert summary["autokd (params)"]["params"] == board["params"].max()
     assert "vs best other" in capsys.readouterr().out
 
     space = load_space("cifar_resnet", 32)

@@ -49,6 +49,8 @@ def add_search_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--width-match", default="projection",
                    help="how DisWOT compares a student of another width: projection (default), pool, correlation, "
                         "class")
+    p.add_argument("--relation-layer", default="features", choices=("features", "pooled"),
+                   help="what DisWOT's relation term compares: the last feature map (default) or the pooled features")
     p.add_argument("--top-k", type=int, default=10, help="leaderboard size (default 10)")
     p.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:N")
     p.add_argument("--out", help="folder for leaderboard.csv, top/*.yaml, report.html and the study database")
@@ -65,6 +67,7 @@ def _search_config(args: argparse.Namespace):
         img_size=args.img_size, batch_size=args.batch_size, proxies=args.proxies, objective=args.objective,
         population_size=args.population, tournament_size=args.tournament, device=args.device,
         width_match=args.width_match, score_teacher=args.score_teacher, score_batches=args.score_batches,
+        relation_layer=args.relation_layer,
     )
 
 

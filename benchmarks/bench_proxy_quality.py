@@ -149,10 +149,13 @@ def rescore(frame: pd.DataFrame, args: argparse.Namespace) -> pd.DataFrame:
     scored = tuple(args.proxies)
     config = SearchConfig(
         teacher=args.teacher, teacher_weights=args.teacher_weights, data=args.data,
-        budget=str(int(frame["macs"].max() * 1.05) + 1), spaces=tuple(sorted({s.space for s in specs})),
+        # at another scoring resolution the MACs change: the students were chosen under the budget at their own
+        budget=str(int(frame["macs"].max() * 1.05) + 1) if not args.img_size else "1T",
+        spaces=tuple(sorted({s.space for s in specs})),
         img_size=args.img_size, batch_size=args.batch_size, score_batches=args.score_batches, proxies=scored,
         seed=args.seed,
-        width_match=args.width_match, score_teacher=args.score_teacher, device=args.device,
+        width_match=args.width_match, relation_layer=args.relation_layer, score_teacher=args.score_teacher,
+        device=args.device,
     )
     ctx = prepare(config)
     ev = ctx.evaluator
@@ -203,12 +206,13 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--teacher", default="resnet56_cifar")
     p.add_argument("--teacher-weights", help="the teacher's weights (leave out for a random teacher)")
     p.add_argument("--rescore", action="store_true", help="score the specs even when the CSV has proxy columns")
-    p.add_argument("--img-size", type=int)
+    p.add_argument("--img-size", type=int, help="score at this resolution (default: the teacher's)")
     p.add_argument("--batch-size", type=int)
     p.add_argument("--score-batches", type=int, default=1, help="average the scores over N fixed batches")
     p.add_argument("--proxies", type=lambda v: tuple(v.split(",")), default=SCORED,
                    help=f"proxies to rescore (default {','.join(SCORED)}; the others are left out of the table)")
     p.add_argument("--width-match", default="projection")
+    p.add_argument("--relation-layer", default="features", choices=("features", "pooled"))
     p.add_argument("--score-teacher", default="random", choices=("random", "trained"),
                    help="score against a random copy of the teacher (the search's default) or the trained one")
     p.add_argument("--seed", type=int, default=0)

@@ -2,8 +2,9 @@
 
 Variants: the trained teacher or a randomly initialised copy of it (the search's default), the other width
 matchings (pool, correlation, class), batch 32 and 128 (default 64), another fixed batch, the mean over 4 fixed
-batches. Reports Kendall tau (95% CI) of DisWOT and its two terms against KD accuracy, beside the params baseline
-and the budget-aware combination (mean rank of DisWOT and params), and writes results/proxy_variants.json.
+batches, the relation term on the pooled features instead of the last feature map, scoring at 64 px. Reports
+Kendall tau (95% CI) of DisWOT and its two terms against KD accuracy, beside the params baseline and the
+budget-aware combination (mean rank of DisWOT and params), and writes results/proxy_variants.json.
 
     python benchmarks/bench_proxy_variants.py --gt benchmarks/results/gt_cifar10.csv \
         --data ../shared/data/cifar10-jpeg.zip --teacher-weights ../shared/teachers/cifar10_resnet56-4bfd9763.th
@@ -30,6 +31,8 @@ VARIANTS = {
     "random teacher + batch 128": ["--batch-size", "128"],
     "random teacher + another batch (seed 1)": ["--seed", "1"],
     "random teacher + mean of 4 batches": ["--score-batches", "4"],
+    "random teacher + relation on pooled features": ["--relation-layer", "pooled"],
+    "random teacher + scored at 64 px": ["--img-size", "64"],
     "trained teacher + width pool": ["--score-teacher", "trained", "--width-match", "pool"],
     "trained teacher + width class": ["--score-teacher", "trained", "--width-match", "class"],
 }

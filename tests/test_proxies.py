@@ -445,3 +445,25 @@ def test_class_width_match_scores_every_student_by_its_class_relation(batch):
     scores = score_candidate(student, batch, ref, ["diswot"])
     assert scores["diswot_semantic"] == pytest.approx(class_distance(grad_s, ref.grad), abs=1e-9)
     assert 0.0 < scores["diswot_semantic"] < 4.0
+
+
+def test_pooled_relation_layer_compares_the_pooled_features(batch):
+    from autokd.proxies import relation_distance
+
+    teacher, student = resnet("resnet10t"), vit(width=64)
+    ref = teacher_reference(teacher, batch.images, batch.labels, relation_layer="pooled")
+    from autokd.proxies.base import scoring_mode
+
+    with scoring_mode(teacher, batch_stats=False), torch.no_grad():  # as teacher_reference runs the teacher
+        out_t = forward_outputs(teacher, batch.images)
+    with scoring_mode(student, batch_stats=True), torch.no_grad():  # as candidates are scored
+        out_s = forward_outputs(student, batch.images)
+    assert torch.allclose(ref.relation, relation_gram(out_t.pooled))
+    expected = relation_distance(relation_gram(out_s.pooled), relation_gram(out_t.pooled))
+    scores = score_candidate(student, batch, ref, ["diswot"])
+    assert scores["diswot_relation"] == pytest.approx(expected, rel=1e-5)
+    default = score_candidate(student, batch, teacher_reference(teacher, batch.images, batch.labels), ["diswot"])
+    assert default["diswot_relation"] != pytest.approx(expected, rel=1e-3)  # the feature map gives another value
+    assert default["diswot_semantic"] == pytest.approx(scores["diswot_semantic"])  # the semantic term is unchanged
+    with pytest.raises(AutokdError, match="relation_layer"):
+        teacher_reference(teacher, batch.images, batch.labels, relation_layer="stem")

@@ -11,11 +11,18 @@ from autokd.proxies.diswot import (
     relation_distance,
     semantic_distance,
 )
-from autokd.proxies.reference import WIDTH_MATCHES, TeacherReference, random_copy, teacher_reference
+from autokd.proxies.reference import (
+    RELATION_LAYERS,
+    WIDTH_MATCHES,
+    TeacherReference,
+    random_copy,
+    teacher_reference,
+)
 from autokd.proxies.scoring import PROXIES, score_candidate
 
 __all__ = [
     "PROXIES",
+    "RELATION_LAYERS",
     "WIDTH_MATCHES",
     "ForwardOutputs",
     "Probe",

@@ -3,7 +3,8 @@
 score = -(M_r + M_s), higher = more similar = better student; 0 is the maximum (the teacher itself).
 
 - M_r, relation term (similarity-preserving KD): `||G_t - G_s||_F^2 / B^2` with G the row-normalised B x B
-  Gram of the flattened last feature map. Only the batch size must match.
+  Gram of the flattened last feature map (`relation_layer="pooled"`: of the pooled features the classifier
+  sees). Only the batch size must match.
 - M_s, semantic term: the authors' inter-channel-correlation (ICKD) loss on the classifier-weight gradients g
   (K x C) of mean cross-entropy, in its O(K*C) closed form
   `M_s = 2 - 2/(C*K) * sum_k (sum_i sign(g^s_ki) sign(g^t_ki)) * cos(g^s_k, g^t_k)`.
@@ -128,7 +129,8 @@ def diswot_distances(
             f"student has {logits.shape[1]} classes but the teacher has {ref.num_classes}: "
             "build students with the teacher's num_classes"
         )
-    m_r = relation_distance(relation_gram(features), ref.relation.to(features.device))
+    layer = features if ref.relation_layer == "features" else pooled
+    m_r = relation_distance(relation_gram(layer), ref.relation.to(layer.device))
     grad_s = classifier_grad(logits, pooled, labels)
     grad_t = ref.grad.to(grad_s.device)
     width = grad_s.shape[1]

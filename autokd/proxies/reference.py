@@ -11,6 +11,8 @@ from autokd.errors import AutokdError
 from autokd.proxies.base import ScoringBatch, classifier_grad, forward_outputs, relation_gram, scoring_mode
 
 WIDTH_MATCHES = ("projection", "pool", "correlation", "class")
+#: what DisWOT's relation term reads: the last feature map (the paper) or the pooled features the classifier sees
+RELATION_LAYERS = ("features", "pooled")
 
 
 @dataclass(frozen=True, eq=False)
@@ -22,11 +24,12 @@ class TeacherReference:
     `dataclasses.replace`, without rerunning the teacher.
     """
 
-    relation: torch.Tensor  # (B, B) row-normalised Gram of the teacher's last feature map
+    relation: torch.Tensor  # (B, B) row-normalised Gram of the teacher's `relation_layer` outputs
     grad: torch.Tensor  # (K, C_t) gradient of mean cross-entropy w.r.t. the teacher's classifier weight
     labels: torch.Tensor  # (B,) the scoring batch's labels, to check that students see the same batch
     seed: int = 0
     width_match: str = "projection"
+    relation_layer: str = "features"
     # teacher-side tensors derived per student width (projected gradients, channel correlations)
     cache: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 
@@ -34,6 +37,9 @@ class TeacherReference:
         if self.width_match not in WIDTH_MATCHES:
             choices = ", ".join(WIDTH_MATCHES)
             raise AutokdError(f"unknown width_match {self.width_match!r}: use one of {choices}")
+        if self.relation_layer not in RELATION_LAYERS:
+            layers = ", ".join(RELATION_LAYERS)
+            raise AutokdError(f"unknown relation_layer {self.relation_layer!r}: use one of {layers}")
 
     @property
     def batch_size(self) -> int:
@@ -64,6 +70,7 @@ def teacher_reference(
     seed: int = 0,
     width_match: str = "projection",
     batch_stats: bool = False,
+    relation_layer: str = "features",
 ) -> TeacherReference:
     """Run the teacher once, in eval mode and without grad, and keep what DisWOT compares students against.
 
@@ -73,9 +80,9 @@ def teacher_reference(
     batch = ScoringBatch(images, labels)
     with scoring_mode(teacher, batch_stats=batch_stats, seed=seed), torch.no_grad():
         out = forward_outputs(teacher, batch.images)
-        relation = relation_gram(out.features)
+        relation = relation_gram(out.features if relation_layer == "features" else out.pooled)
         grad = classifier_grad(out.logits, out.pooled, batch.labels)
-    return TeacherReference(relation, grad, batch.labels.detach().cpu().clone(), seed, width_match)
+    return TeacherReference(relation, grad, batch.labels.detach().cpu().clone(), seed, width_match, relation_layer)
 
 
 def random_copy(model: nn.Module, seed: int = 0) -> nn.Module:

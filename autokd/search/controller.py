@@ -17,7 +17,14 @@ from optuna.trial import TrialState
 from autokd.cost import Budget, format_macs
 from autokd.data import load_data, scoring_batch
 from autokd.errors import AutokdError
-from autokd.proxies import PROXIES, WIDTH_MATCHES, ScoringBatch, random_copy, teacher_reference
+from autokd.proxies import (
+    PROXIES,
+    RELATION_LAYERS,
+    WIDTH_MATCHES,
+    ScoringBatch,
+    random_copy,
+    teacher_reference,
+)
 from autokd.search.codec import SpecCodec
 from autokd.search.evaluate import CandidateEvaluator
 from autokd.search.samplers import BudgetedRandomSampler, RegularizedEvolutionSampler
@@ -31,7 +38,7 @@ SAMPLERS = ("evolution", "nsga2", "tpe", "random")
 # Studies are keyed by what makes their scores comparable; resuming with another setting is refused.
 STUDY_KEYS = (
     "teacher", "budget", "params_budget", "img_size", "spaces", "objective", "seed", "batch_size", "data",
-    "width_match", "score_teacher", "score_batches",
+    "width_match", "score_teacher", "score_batches", "relation_layer",
 )
 
 
@@ -58,6 +65,7 @@ class SearchConfig:
     proxies: tuple[str, ...] = ("diswot",)
     objective: str = "diswot"
     width_match: str = "projection"
+    relation_layer: str = "features"
     score_teacher: str = "random"
     population_size: int = 20
     tournament_size: int = 5
@@ -100,6 +108,7 @@ class SearchContext:
             "width_match": c.width_match,
             "score_teacher": c.score_teacher,
             "score_batches": len(self.evaluator.batches),
+            "relation_layer": c.relation_layer,
         }
 
 
@@ -129,6 +138,9 @@ def validate(config: SearchConfig) -> Budget:
         raise AutokdError(f"unknown --score-teacher {config.score_teacher!r}: choose random or trained")
     if config.width_match not in WIDTH_MATCHES:
         raise AutokdError(f"unknown --width-match {config.width_match!r}: choose one of {', '.join(WIDTH_MATCHES)}")
+    if config.relation_layer not in RELATION_LAYERS:
+        raise AutokdError(f"unknown --relation-layer {config.relation_layer!r}: choose one of "
+                          f"{', '.join(RELATION_LAYERS)}")
     if config.trials < 1 or config.workers < 1 or config.score_batches < 1:
         raise AutokdError("--trials, --workers and --score-batches must be at least 1")
     return budget
@@ -172,7 +184,8 @@ def prepare(config: SearchConfig) -> SearchContext:
     scorer.to(device)
     # A random teacher's BatchNorm running statistics mean nothing: score it on batch statistics, as the paper.
     references = [teacher_reference(scorer, b.images, b.labels, seed=config.seed, width_match=config.width_match,
-                                    batch_stats=random_teacher) for b in batches]
+                                    batch_stats=random_teacher, relation_layer=config.relation_layer)
+                  for b in batches]
     scorer.to("cpu")
     proxies = list(dict.fromkeys([*config.proxies, "params", "macs"]))
     evaluator = CandidateEvaluator(spaces, budget, len(data.classes), batches, references, proxies, device,

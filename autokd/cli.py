@@ -113,13 +113,10 @@ def leaderboard_table(board, objective: str, format_macs):
 def add_run_args(p: argparse.ArgumentParser) -> None:
     add_search_args(p)
     p.add_argument("--train-top", type=int, default=3, help="distil this many distinct top candidates (default 3)")
-    p.add_argument("--recipe", help="a preset (kd, dkd, dist, nkd, kd_ls, fitnet, minilm, none, kd_adamw) or a "
-                                    "recipe file (default: kd for CNN students, kd_adamw for ViT students)")
+    add_recipe_args(p)
     p.add_argument("--epochs", type=int, help="override the recipe's epochs (warm-ups scale with it)")
     p.add_argument("--train-batch-size", type=int, help="override the recipe's global batch size")
     p.add_argument("--lr", type=float, help="override the recipe's learning rate")
-    p.add_argument("--baseline", action="store_true", help="also train each student without KD and report the gain")
-    p.add_argument("--teacher-cache", action="store_true", help="cache the teacher's top-k outputs (TinyViT-style)")
     p.add_argument("--loader-workers", type=int, help="data-loading processes for training")
     p.add_argument("--compile", action="store_true", help="torch.compile the teacher and the students (CUDA)")
 
@@ -186,6 +183,14 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
     return 0
 
 
+def add_recipe_args(p: argparse.ArgumentParser) -> None:
+    """--recipe, --baseline and --teacher-cache, shared by `train` and `run`."""
+    p.add_argument("--recipe", help="a preset (kd, dkd, dist, nkd, kd_ls, fitnet, minilm, none, kd_adamw) or a "
+                                    "recipe YAML/JSON file (default: dist for CNN students, kd_adamw for ViTs)")
+    p.add_argument("--baseline", action="store_true", help="also train each student without KD and report the gain")
+    p.add_argument("--teacher-cache", action="store_true", help="cache the teacher's top-k outputs (TinyViT-style)")
+
+
 def add_train_args(p: argparse.ArgumentParser, student: bool = True) -> None:
     p.add_argument("--teacher", required=not student, help="alias, timm name or pkg.module:factory")
     p.add_argument("--teacher-weights", help="the teacher's weights file (a random teacher is refused)")
@@ -193,10 +198,7 @@ def add_train_args(p: argparse.ArgumentParser, student: bool = True) -> None:
         p.add_argument("--student", required=True,
                        help="a spec YAML from `autokd search` (OUT/top/1.yaml), study:NAME#TRIAL, or a timm name")
         p.add_argument("--storage", help="the storage of a study:NAME#TRIAL student (default sqlite:///autokd.db)")
-        p.add_argument("--recipe", help="a preset (kd, dkd, dist, nkd, kd_ls, fitnet, minilm, none, kd_adamw) or a "
-                                        "recipe YAML/JSON file (default: dist for CNN students, kd_adamw for ViTs)")
-        p.add_argument("--baseline", action="store_true", help="also train the student without KD and report the gain")
-        p.add_argument("--teacher-cache", action="store_true", help="cache the teacher's top-k outputs (TinyViT-style)")
+        add_recipe_args(p)
     p.add_argument("--data", help="ImageFolder dir, ImageFolder zip, or CIFAR pickle folder (default: synthetic demo)")
     p.add_argument("--epochs", type=int, help="override the recipe's epochs (warm-ups scale with it)")
     p.add_argument("--batch-size", type=int, help="override the recipe's global batch size")
@@ -229,7 +231,7 @@ def _recipe(args: argparse.Namespace, name: str):
 
 def cmd_train(args: argparse.Namespace) -> int:
     from autokd.data import load_data
-    from autokd.pipeline import default_recipe
+    from autokd.recipes import default_recipe
     from autokd.teachers import resolve_teacher
     from autokd.train import resolve_student, student_space, train_student
 

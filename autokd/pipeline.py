@@ -22,7 +22,7 @@ import torch
 
 from autokd.data import load_data
 from autokd.errors import AutokdError
-from autokd.recipes import Recipe, load_recipe
+from autokd.recipes import CNN_SPACES, Recipe, default_recipe, load_recipe
 from autokd.report import leaderboard
 from autokd.search import SearchConfig, SearchResult, run_search
 from autokd.train import TrainResult, student_from_trial, train_student
@@ -30,7 +30,6 @@ from autokd.train.results import write_json
 
 log = logging.getLogger("autokd")
 
-CNN_SPACES = ("cifar_resnet", "resnet", "mobilenet")
 REPORT_START, REPORT_END = "<!-- autokd run: trained -->", "<!-- /autokd run: trained -->"
 
 
@@ -45,14 +44,6 @@ class RunResult:
     seconds: float
     complete: bool = True  # False when a training was stopped (SIGTERM): run again to resume
     skipped: list[int] = field(default_factory=list)  # ranks whose finished training was reused
-
-
-def default_recipe(space: str) -> str:
-    """The preset that suits a student of `space`: DIST (SGD) for CNNs, KD with AdamW for ViTs.
-
-    DIST for CNNs: at the short schedules users run first it beats no KD where Hinton KD at T = 4 falls below
-    it (tests/test_kd_real_data.py, benchmarks/results/kd_cifar10.json)."""
-    return "dist" if space in CNN_SPACES else "kd_adamw"
 
 
 def distinct_candidates(study: optuna.Study, objective: str, k: int) -> pd.DataFrame:
@@ -88,7 +79,7 @@ def run_pipeline(
     if train_top < 1:
         raise AutokdError("--train-top must be at least 1")
     recipes = {}  # checked before the search, so a typo costs nothing
-    for name in {recipe} if recipe else {default_recipe(s) for s in config.spaces or CNN_SPACES + ("vit",)}:
+    for name in {recipe} if recipe else {default_recipe(s) for s in (*CNN_SPACES, "vit")}:
         recipes[name] = load_recipe(name, epochs=epochs, batch_size=batch_size, lr=lr, teacher_cache=teacher_cache)
 
     search = run_search(config, out=out, top_k=top_k, progress=progress)
@@ -103,14 +94,14 @@ def run_pipeline(
                                              "leaderboard": str(out / "leaderboard.csv")})
 
     chosen = distinct_candidates(study, config.objective, train_top)
-    data = load_data(config.data, img_size=teacher.img_size, seed=config.seed)
+    # real data as the search read it; the synthetic demo set is drawn for the teacher's size and the seed
+    data = ctx.data if config.data is not None else load_data(None, img_size=teacher.img_size, seed=config.seed)
     results: dict[int, TrainResult] = {}
     skipped: list[int] = []
     for row in chosen.to_dict("records"):
         rank, trial = int(row["rank"]), int(row["trial"])
         name = recipe or default_recipe(row["space"])
-        run_recipe = recipes.get(name) or load_recipe(name, epochs=epochs, batch_size=batch_size, lr=lr,
-                                                      teacher_cache=teacher_cache)
+        run_recipe = recipes[name]
         folder = out / "train" / str(rank)
         finished = _check_folder(folder, trial, row["spec_json"], run_recipe)
         key = f"stage/train/{rank}"

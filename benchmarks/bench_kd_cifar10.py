@@ -21,7 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import machine, print_table, write_json  # noqa: E402
 
 from autokd.data import load_data, subset_data  # noqa: E402
-from autokd.recipes import Recipe  # noqa: E402
+from autokd.recipes import load_recipe  # noqa: E402
 from autokd.spaces.cifar_resnet import CifarResNet  # noqa: E402
 from autokd.teachers import resolve_teacher  # noqa: E402
 from autokd.train import finetune_teacher, train_student  # noqa: E402
@@ -53,8 +53,7 @@ def main(argv: list[str] | None = None) -> dict:
     weights = args.teacher_weights
     if args.finetune_epochs:
         teacher = resolve_teacher(args.teacher, data.num_classes, weights=weights)
-        recipe = Recipe.load("none").with_epochs(args.finetune_epochs).replace(lr=args.finetune_lr,
-                                                                                 batch_size=args.batch_size)
+        recipe = load_recipe("none", epochs=args.finetune_epochs, lr=args.finetune_lr, batch_size=args.batch_size)
         folder = runs / "teacher"
         ft = finetune_teacher(teacher, data, recipe, folder, device=args.device,
                               resume=(folder / "last.pt").is_file(), progress=False)
@@ -64,10 +63,10 @@ def main(argv: list[str] | None = None) -> dict:
 
     rows = []
     for name in args.recipes.split(","):
+        recipe = load_recipe(name, epochs=args.epochs, batch_size=args.batch_size)
         for seed in range(args.seeds):
-            recipe = Recipe.load(name).with_epochs(args.epochs).replace(batch_size=args.batch_size)
             torch.manual_seed(seed)
-            student = CifarResNet(depths=(3, 3, 3), widths=(16, 32, 64), shortcut="A", num_classes=10)
+            student = CifarResNet(depths=(3, 3, 3), widths=(16, 32, 64), shortcut="A", num_classes=data.num_classes)
             folder = runs / f"{name}-seed{seed}"
             start = time.perf_counter()
             result = train_student(student, teacher if recipe.needs_teacher else None, data, recipe, folder,

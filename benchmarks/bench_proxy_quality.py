@@ -38,7 +38,6 @@ PROXY_COLUMNS = {
 COMBINED = {"diswot+params": ("diswot", "params"), "diswot+macs": ("diswot", "macs")}
 SCORED = ("diswot", "naswot", "synflow", "grad_norm")  # what the rescoring asks autokd for
 TARGETS = ("kd_acc", "cls_acc")
-UNAVAILABLE: dict[str, str] = {}  # proxy -> why it could not score some spec
 GT_COLUMNS = ("spec", "macs", "params", "kd_acc", "cls_acc", "seed", "epochs", "device")
 
 
@@ -136,8 +135,9 @@ def read_ground_truth(path: str | Path) -> pd.DataFrame:
     return frame
 
 
-def rescore(frame: pd.DataFrame, args: argparse.Namespace) -> pd.DataFrame:
-    """Score every spec with autokd's proxies, as a search with these settings would."""
+def rescore(frame: pd.DataFrame, args: argparse.Namespace) -> tuple[pd.DataFrame, dict[str, str]]:
+    """Score every spec with autokd's proxies, as a search with these settings would; also return, for any
+    proxy that could not score some spec, why."""
     import torch
 
     from autokd.errors import AutokdError
@@ -149,8 +149,7 @@ def rescore(frame: pd.DataFrame, args: argparse.Namespace) -> pd.DataFrame:
     scored = tuple(args.proxies)
     config = SearchConfig(
         teacher=args.teacher, teacher_weights=args.teacher_weights, data=args.data,
-        # at another scoring resolution the MACs change: the students were chosen under the budget at their own
-        budget=str(int(frame["macs"].max() * 1.05) + 1) if not args.img_size else "1T",
+        budget="1T",  # the students were chosen under their budget; scoring them does not check it again
         spaces=tuple(sorted({s.space for s in specs})),
         img_size=args.img_size, batch_size=args.batch_size, score_batches=args.score_batches, proxies=scored,
         seed=args.seed,
@@ -159,7 +158,7 @@ def rescore(frame: pd.DataFrame, args: argparse.Namespace) -> pd.DataFrame:
     )
     ctx = prepare(config)
     ev = ctx.evaluator
-    scores = []
+    scores, unavailable = [], {}
     for spec in specs:
         names = list(scored)
         while True:  # a proxy that cannot read this model (e.g. NASWOT without ReLU modules) is left out
@@ -172,14 +171,15 @@ def rescore(frame: pd.DataFrame, args: argparse.Namespace) -> pd.DataFrame:
                 if failed is None:
                     raise
                 names.remove(failed)
-                UNAVAILABLE.setdefault(failed, str(err))
+                unavailable.setdefault(failed, str(err))
     out = frame.copy()
     for key in ("diswot", "diswot_relation", "diswot_semantic", "naswot", "synflow", "grad_norm"):
         out[key] = [s.get(key, np.nan) for s in scores]
-    return out
+    return out, unavailable
 
 
-def report(frame: pd.DataFrame, proxies: list[str], args: argparse.Namespace, title: str) -> dict:
+def report(frame: pd.DataFrame, proxies: list[str], args: argparse.Namespace, title: str,
+           unavailable: dict[str, str]) -> dict:
     """Print the quality table of `frame` and return the numbers (`proxy_quality`)."""
     quality = proxy_quality(frame, proxies, n_resamples=args.resamples, seed=args.seed)
     rows = []
@@ -194,7 +194,7 @@ def report(frame: pd.DataFrame, proxies: list[str], args: argparse.Namespace, ti
     columns = ["proxy"] + [f"{m} {t}" for t in TARGETS for m in ("tau", "rho", "top pick")]
     notes = [f"{len(frame)} specs ({int(frame['seeds'].sum())} rows) from {args.gt}; bootstrap 95% intervals over "
              f"{args.resamples} seeded resamples; top pick = true rank of the proxy's best (1 = best)"]
-    notes += [f"{name}: not scored ({why})" for name, why in UNAVAILABLE.items()]
+    notes += [f"{name}: not scored ({why})" for name, why in unavailable.items()]
     print_table(title, columns, rows, notes)
     return quality
 
@@ -225,27 +225,28 @@ def main(argv: list[str] | None = None) -> dict:
 
     frame = read_ground_truth(args.gt)
     have = all(PROXY_COLUMNS[n][0] in frame.columns for n in PROXY_COLUMNS if n not in COMBINED)
+    unavailable: dict[str, str] = {}
     if args.rescore or not have:
         if not args.data:
             raise SystemExit("the CSV has no proxy columns: give --data (and --teacher/--teacher-weights) to score")
-        frame = rescore(frame, args)
+        frame, unavailable = rescore(frame, args)
     frame = add_combinations(frame)
     frame["space"] = [ArchSpec.from_json(spec).space for spec in frame["spec"]]
     if args.scores_out:
         frame.to_csv(args.scores_out, index=False)
     proxies = [n for n in PROXY_COLUMNS if frame[PROXY_COLUMNS[n][0]].notna().any()]  # those scored
-    quality = report(frame, proxies, args, "proxy quality: rank correlation with trained accuracy")
+    quality = report(frame, proxies, args, "proxy quality: rank correlation with trained accuracy", unavailable)
     by_space = {}
     spaces = sorted(frame["space"].unique())
     for space in spaces if len(spaces) > 1 else ():  # within one space, the combinations ranked there again
         part = add_combinations(frame[frame["space"] == space].reset_index(drop=True))
         if len(part) >= 4:
-            by_space[space] = report(part, proxies, args, f"within the {space} space")
+            by_space[space] = report(part, proxies, args, f"within the {space} space", unavailable)
     n = len(frame)
     result = {
         "gt": str(args.gt), "specs": n, "rows": int(frame["seeds"].sum()),
         "settings": {k: v for k, v in vars(args).items() if k not in ("gt", "out")},
-        "rescored": args.rescore or not have, "unavailable": UNAVAILABLE,
+        "rescored": args.rescore or not have, "unavailable": unavailable,
         "proxies": quality, "by_space": by_space, "machine": machine(),
     }
     print(f"wrote {write_json(result, Path(args.out))}")

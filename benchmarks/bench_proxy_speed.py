@@ -30,7 +30,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from autokd.cost import count_macs
-from autokd.data import load_data, split_indices
+from autokd.data import split_indices
 from autokd.proxies import ForwardOutputs, TeacherReference, diswot_distances, relation_gram
 from autokd.proxies.base import forward_outputs, scoring_mode
 from autokd.search import SearchConfig, prepare
@@ -252,7 +252,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     auto = time_autokd(evaluator, args.candidates, args.warmup, args.seed, device, amp)
     specs = [ArchSpec.from_dict(r["spec"]) for r in auto[: args.baseline_candidates]]
     teacher_macs = count_macs(teacher.model, img_size)
-    batches = FreshBatches(load_data(args.data), teacher.transform(), batch, args.seed + 1)
+    batches = FreshBatches(ctx.data, teacher.transform(), batch, args.seed + 1, ctx.config.val_fraction)
     public = time_public(evaluator, teacher.model, specs, batches, args.seed, device, amp)
     peak = max(peak, matmul_peak(device, torch.bfloat16 if amp else torch.float32))  # the load may have changed
     summary = summarise(auto, public, teacher_macs, batch, peak)

@@ -34,7 +34,7 @@ from common import RESULTS_DIR, machine, print_table, write_json  # noqa: E402
 from autokd.cost import Budget, count_macs  # noqa: E402
 from autokd.data import load_data, subset_data  # noqa: E402
 from autokd.pipeline import distinct_candidates  # noqa: E402
-from autokd.recipes import Recipe  # noqa: E402
+from autokd.recipes import Recipe, load_recipe  # noqa: E402
 from autokd.search import SearchConfig, run_search  # noqa: E402
 from autokd.spaces import ArchSpec, load_space  # noqa: E402
 from autokd.teachers import resolve_teacher  # noqa: E402
@@ -106,7 +106,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     data = subset_data(load_data(args.data, img_size=IMG_SIZE, seed=0), args.subset, args.test_subset, 0)
     teacher = resolve_teacher(args.teacher, data.num_classes, weights=args.teacher_weights)
-    recipe = Recipe.load(args.recipe).with_epochs(args.epochs)
+    recipe = load_recipe(args.recipe, epochs=args.epochs)
     arms = {**{f"autokd ({objective})": [spec] for objective, spec in picks.items()}, "hand (ResNet-20)": [RESNET20],
             f"random (best of {args.k})": random_specs(args.k, budget, args.seed)}
     search_seconds = {f"autokd ({objective})": seconds for objective, seconds in searches.items()}

@@ -113,19 +113,16 @@ def train_one(spec_json: str, kind: str, seed: int) -> dict:
     """Train one student (kind 'kd' or 'cls') in its own run folder; reuse or resume what is there."""
     import torch
 
-    from autokd.recipes import Recipe
+    from autokd.recipes import load_recipe
     from autokd.spaces import ArchSpec
     from autokd.train import TrainResult, build_from_spec, no_kd, train_student
 
     args, data, teacher = _STATE["args"], _STATE["data"], _STATE["teacher"]
     folder = run_dir(Path(args.runs), spec_json, kind, seed)
     done = folder / "results.json"
-    if done.is_file() and TrainResult.load(done).stopped is None:
-        result = TrainResult.load(done)
-    else:
-        recipe = Recipe.load(args.recipe).with_epochs(args.epochs)
-        if args.batch_size:
-            recipe = recipe.replace(batch_size=args.batch_size)
+    result = TrainResult.load(done) if done.is_file() else None
+    if result is None or result.stopped is not None:
+        recipe = load_recipe(args.recipe, epochs=args.epochs, batch_size=args.batch_size)
         recipe = recipe if kind == "kd" else no_kd(recipe)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)  # the same initial weights for kd and cls
@@ -141,7 +138,7 @@ def train_one(spec_json: str, kind: str, seed: int) -> dict:
 def teacher_weights(args: argparse.Namespace) -> str | None:
     """Fine-tune the teacher on the (subset) training split first; its best.pt becomes the teacher weights."""
     from autokd.data import load_data
-    from autokd.recipes import Recipe
+    from autokd.recipes import load_recipe
     from autokd.teachers import resolve_teacher
     from autokd.train import TrainResult, finetune_teacher
 
@@ -151,7 +148,7 @@ def teacher_weights(args: argparse.Namespace) -> str | None:
     if not ((folder / "results.json").is_file() and TrainResult.load(folder / "results.json").stopped is None):
         data = subset_data(load_data(args.data, img_size=IMG_SIZE, seed=0), args.subset, args.test_subset, 0)
         teacher = resolve_teacher(args.teacher, data.num_classes, weights=args.teacher_weights)
-        recipe = Recipe.load("none").with_epochs(args.finetune_epochs).replace(lr=args.finetune_lr)
+        recipe = load_recipe("none", epochs=args.finetune_epochs, lr=args.finetune_lr)
         result = finetune_teacher(teacher, data, recipe, folder, device=args.device,
                                   resume=(folder / "last.pt").is_file(), num_workers=0, progress=False)
         print(f"teacher fine-tuned {args.finetune_epochs} epochs: top-1 {result.top1:.2f}%", flush=True)

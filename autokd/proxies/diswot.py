@@ -28,13 +28,12 @@ Students of another width than the teacher (C_s != C_t), `TeacherReference.width
   like "correlation" it replaces M_s for every student. Row k of g is the mean feature of the batch weighted
   by (p_k - y_k), so A says which classes the network's features already tell apart, and how alike.
 
-Neither is neutral, measured on CIFAR-10 JPEGs with the trained ResNet-56 teacher (C_t = 64), 40 random
+None is neutral, measured on CIFAR-10 JPEGs with the trained ResNet-56 teacher (C_t = 64), 40 random
 cifar_resnet students: with "projection", M_s is 1.96 +- 0.02 for every student narrower than 64 and 0.88 for
 width 64, so among mismatched widths M_s carries almost no signal and equal-width students are favoured; with
 "pool", M_s shrinks with the student's width (0.14 at width 8), so a 200-trial search under 50 MMACs ranked
-the narrowest students first. The default keeps the authors' projection, which at least does not steer the
-search towards the smallest models. Which choice ranks distilled accuracy best needs ground truth from trained
-students, which has not been measured yet; `autokd search --width-match` picks one.
+the narrowest students first. Against trained students (benchmarks/bench_proxy_variants.py, README) the
+projection ranked distilled accuracy best of the four, so it stays the default; `--width-match` picks another.
 """
 
 from __future__ import annotations
@@ -98,8 +97,7 @@ def _relations_gap(rel_s: torch.Tensor, rel_t: torch.Tensor) -> float:
 
 def _compare_correlations(corr_s: torch.Tensor, corr_t: torch.Tensor) -> float:
     size = min(len(corr_s), len(corr_t))
-    corr_s, corr_t = _pool_square(corr_s, size), _pool_square(corr_t, size)
-    return float((corr_s - corr_t).pow(2).sum() / size)
+    return _relations_gap(_pool_square(corr_s, size), _pool_square(corr_t, size))
 
 
 def _pool_square(matrix: torch.Tensor, size: int) -> torch.Tensor:
@@ -133,27 +131,24 @@ def diswot_distances(
     m_r = relation_distance(relation_gram(layer), ref.relation.to(layer.device))
     grad_s = classifier_grad(logits, pooled, labels)
     grad_t = ref.grad.to(grad_s.device)
-    width = grad_s.shape[1]
-    if ref.width_match == "correlation":
-        key = ("correlation", str(grad_s.device))
+    width, match = grad_s.shape[1], ref.width_match
+
+    def teacher_side(make):  # derived once per (width match, student width, device), then reused
+        key = (match, width, str(grad_s.device))
         if key not in ref.cache:
-            ref.cache[key] = channel_correlation(grad_t)
-        return m_r, _compare_correlations(channel_correlation(grad_s), ref.cache[key])
-    if ref.width_match == "class":
-        key = ("class", str(grad_s.device))
-        if key not in ref.cache:
-            ref.cache[key] = class_relation(grad_t)
-        return m_r, _relations_gap(class_relation(grad_s), ref.cache[key])
-    if ref.width_match == "pool":
-        key = ("pool", width, str(grad_s.device))
-        if key not in ref.cache:
-            ref.cache[key] = F.adaptive_avg_pool1d(grad_t.unsqueeze(0), width).squeeze(0)
-        return m_r, semantic_distance(grad_s, ref.cache[key])
+            ref.cache[key] = make()
+        return ref.cache[key]
+
+    if match == "correlation":
+        corr_t = teacher_side(lambda: channel_correlation(grad_t))
+        return m_r, _compare_correlations(channel_correlation(grad_s), corr_t)
+    if match == "class":
+        return m_r, _relations_gap(class_relation(grad_s), teacher_side(lambda: class_relation(grad_t)))
+    if match == "pool":
+        pooled_t = teacher_side(lambda: F.adaptive_avg_pool1d(grad_t.unsqueeze(0), width).squeeze(0))
+        return m_r, semantic_distance(grad_s, pooled_t)
     if width != ref.width:
-        key = ("projection", width, str(grad_s.device))
-        if key not in ref.cache:
-            ref.cache[key] = grad_t @ random_projection(ref.width, width, ref.seed).to(grad_t.device)
-        grad_t = ref.cache[key]
+        grad_t = teacher_side(lambda: grad_t @ random_projection(ref.width, width, ref.seed).to(grad_t.device))
     return m_r, semantic_distance(grad_s, grad_t)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass, field
 
 import torch
@@ -87,8 +88,6 @@ def teacher_reference(
 
 def random_copy(model: nn.Module, seed: int = 0) -> nn.Module:
     """A copy of `model` with every parameter re-initialised (each layer's own reset_parameters), seeded."""
-    import copy
-
     clone = copy.deepcopy(model)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)

@@ -18,9 +18,19 @@ from autokd.recipes.logit_losses import (
     topk_to_probs,
 )
 from autokd.recipes.losses import KDLoss, build_loss, feature_tap
-from autokd.recipes.recipe import FEATURE_PARAMS, LOSS_PARAMS, PRESETS, Recipe, list_presets, load_recipe
+from autokd.recipes.recipe import (
+    CNN_SPACES,
+    FEATURE_PARAMS,
+    LOSS_PARAMS,
+    PRESETS,
+    Recipe,
+    default_recipe,
+    list_presets,
+    load_recipe,
+)
 
 __all__ = [
+    "CNN_SPACES",
     "FEATURE_PARAMS",
     "LOSS_PARAMS",
     "PRESETS",
@@ -30,6 +40,7 @@ __all__ = [
     "QKVCapture",
     "Recipe",
     "build_loss",
+    "default_recipe",
     "dist_loss",
     "dkd_loss",
     "dkd_warmup",

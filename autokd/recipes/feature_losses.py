@@ -180,7 +180,6 @@ class QKVCapture:
                 f"{type(model).__name__} has no '...attn.qkv' Linear layer: MiniLM needs a timm "
                 "VisionTransformer-style model; use feature_loss fitnet or none for this pair"
             )
-        self.width = layers[-1].out_features // 3
         self.output = None
         self._handle = layers[-1].register_forward_hook(self._hook)
 

@@ -212,6 +212,18 @@ def load_recipe(source: str | Path, *, epochs: int | None = None, batch_size: in
     return recipe.replace(**changes) if changes else recipe
 
 
+#: spaces whose students are CNNs (the others are ViTs)
+CNN_SPACES = ("cifar_resnet", "resnet", "mobilenet")
+
+
+def default_recipe(space: str) -> str:
+    """The preset that suits a student of `space`: DIST (SGD) for CNNs, KD with AdamW for ViTs.
+
+    DIST for CNNs: at the short schedules users run first it beats no KD where Hinton KD at T = 4 falls below
+    it (tests/test_kd_real_data.py, benchmarks/results/kd_cifar10.json)."""
+    return "dist" if space in CNN_SPACES else "kd_adamw"
+
+
 def list_presets() -> list[str]:
     """Names accepted by `Recipe.load`."""
     return list(PRESETS)

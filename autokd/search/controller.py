@@ -15,7 +15,7 @@ from optuna.study import MaxTrialsCallback
 from optuna.trial import TrialState
 
 from autokd.cost import Budget, format_macs
-from autokd.data import load_data, scoring_batch
+from autokd.data import ImageDataset, load_data, scoring_batch
 from autokd.errors import AutokdError
 from autokd.proxies import (
     PROXIES,
@@ -89,6 +89,7 @@ class SearchContext:
     evaluator: CandidateEvaluator
     codec: SpecCodec
     data_name: str
+    data: ImageDataset | None = None  # the loaded dataset, so `autokd run` trains on it without reading it again
     notes: list[str] = field(default_factory=list)
 
     def study_attrs(self) -> dict:
@@ -206,7 +207,8 @@ def prepare(config: SearchConfig) -> SearchContext:
             f"{format_macs(smallest)}; raise --budget to at least that"
         )
     evaluator.spaces = reachable
-    return SearchContext(config, budget, teacher, reachable, evaluator, SpecCodec(reachable), data.name, notes)
+    return SearchContext(config, budget, teacher, reachable, evaluator, SpecCodec(reachable), data.name, data,
+                         notes)
 
 
 def make_sampler(ctx: SearchContext, worker: int = 0) -> optuna.samplers.BaseSampler:

@@ -20,6 +20,8 @@ import torch
 import torch.nn as nn
 
 from autokd.data.datasets import ImageDataset
+from autokd.train.checkpoint import atomic_path
+from autokd.train.results import write_json
 
 DEFAULT_TOPK = 10
 
@@ -84,13 +86,10 @@ class TeacherCache:
             return
         path = self.path(epoch)
         if create and not path.exists():
-            self.folder.mkdir(parents=True, exist_ok=True)
-            meta = self.folder / "meta.json"
-            if not meta.exists():
-                meta.write_text(json.dumps(self.meta, indent=2))
-            tmp = path.with_name(f".{path.name}.tmp")
-            np.lib.format.open_memmap(tmp, mode="w+", dtype=self.dtype, shape=(self.num_samples,)).flush()
-            tmp.replace(path)
+            if not (self.folder / "meta.json").exists():
+                write_json(self.folder / "meta.json", self.meta)
+            with atomic_path(path) as tmp:
+                np.lib.format.open_memmap(tmp, mode="w+", dtype=self.dtype, shape=(self.num_samples,)).flush()
         self._files[epoch] = np.load(path, mmap_mode="r+")
 
     def lookup(self, epoch: int, indices: np.ndarray,
@@ -119,13 +118,6 @@ class TeacherCache:
         for mm in self._files.values():
             mm.flush()
 
-    def filled(self, epoch: int) -> int:
-        """How many rows of `epoch` are filled (0 when its file does not exist yet)."""
-        if epoch not in self._files and not self.path(epoch).exists():
-            return 0
-        self.prepare(epoch, create=False)
-        return int(self._files[epoch]["filled"].sum())
-
     def usage(self) -> dict[str, Any]:
         """Disk bytes of all epoch files, bytes mapped by this process, bytes per row, hit/miss counts."""
         files = sorted(self.folder.glob("epoch_*.npy")) if self.folder.exists() else []
@@ -139,7 +131,3 @@ class TeacherCache:
             "hits": self.hits,
             "misses": self.misses,
         }
-
-    def close(self) -> None:
-        self.flush()
-        self._files.clear()

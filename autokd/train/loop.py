@@ -28,7 +28,7 @@ from rich import progress as rp
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
-from autokd.cost import count_macs, count_params, measure_latency
+from autokd.cost import count_params, measure_cost, measure_latency
 from autokd.data.datasets import ImageDataset
 from autokd.data.split import split_indices
 from autokd.data.transforms import IMAGENET_MEAN, IMAGENET_STD, eval_transform, train_transform
@@ -220,7 +220,7 @@ class Trainer:
         self.notes: list[str] = []
         seed_everything(self.seed + info.rank)  # a resumed run then restores the checkpoint's RNG states
         check_inputs(student.model, teacher, data, recipe)
-        self.state = load_checkpoint(self.out / "last.pt") if resume else None
+        state = load_checkpoint(self.out / "last.pt") if resume else None  # read once, restored below
         if not resume and (self.out / "last.pt").exists():
             raise AutokdError(f"{str(self.out)!r} already holds a training run (last.pt): resume it with "
                               "--resume or give another --out folder")
@@ -242,8 +242,8 @@ class Trainer:
         self.train_images, self.train_seconds = 0, 0.0
         self.bad_loss = torch.zeros((), dtype=torch.bool, device=self.device)
         self.epoch_sums = torch.zeros(3, dtype=torch.float64, device=self.device)  # loss*n, correct, n
-        if self.state is not None:
-            self._restore(self.state)
+        if state is not None:
+            self._restore(state)
 
     # ----------------------------------------------------------------------------------------------- set-up
     def _build_data(self, num_workers: int | None) -> None:
@@ -495,10 +495,11 @@ class Trainer:
             if self.cuda:
                 batch.images = batch.images.contiguous(memory_format=torch.channels_last)
             loss, logits = self.step(batch)
-            with torch.no_grad():
-                n = torch.tensor(float(len(batch.labels)), device=self.device, dtype=torch.float64)
-                correct = (logits.argmax(1) == batch.labels).sum().double()
-                sums += torch.stack([loss.detach().double() * n, correct, n])
+            with torch.no_grad():  # Python numbers and device tensors only: no host-device sync per step
+                n = len(batch.labels)
+                sums[0] += loss.detach().double() * n
+                sums[1] += (logits.argmax(1) == batch.labels).sum()
+                sums[2] += n
             self.step_in_epoch += 1
             self.global_step += 1
             images_now = len(batch.labels) * self.info.world_size
@@ -621,7 +622,7 @@ class Trainer:
     def _report(self, seconds: float) -> TrainResult:
         last = self.history[-1] if self.history else {"top1": 0.0, "top5": 0.0, "ece": 0.0}
         model = self.model
-        macs = count_macs(model, self.img_size)
+        cost = measure_cost(model, self.img_size)
         latency = float("nan")
         if self.info.is_main:
             latency = measure_latency(model, self.img_size, self.device) * 1e3
@@ -636,7 +637,7 @@ class Trainer:
             top1=last["top1"], top5=last["top5"], ece=last["ece"], best_top1=max(self.best_top1, 0.0),
             best_epoch=self.best_epoch, teacher_top1=tm.top1 if tm else None,
             teacher_top5=tm.top5 if tm else None,
-            macs=macs, params=count_params(model), latency_ms=latency,
+            macs=cost.macs, params=cost.params, latency_ms=latency,
             best_checkpoint=str(self.out / "best.pt"), last_checkpoint=str(self.out / "last.pt"),
             epochs=self.epoch, images_per_second=self.train_images / max(self.train_seconds, 1e-9),
             eval_split=self.eval_split, eval_images=self.eval_images, student=self.meta.name,

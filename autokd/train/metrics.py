@@ -30,9 +30,8 @@ class ClassificationMeter:
         hit = top == labels[:, None]
         correct = hit[:, 0].double()
         conf = logits.softmax(dim=1).max(dim=1).values.double()
-        count = torch.tensor(float(len(labels)), device=correct.device, dtype=torch.float64)
-        row = torch.stack([count, correct.sum(), hit.any(dim=1).double().sum()])
-        self.totals += row.to(self.totals.device)
+        self.totals[0] += len(labels)  # a Python number: no host-device copy per batch
+        self.totals[1:] += torch.stack([correct.sum(), hit.any(dim=1).double().sum()]).to(self.totals.device)
         # bin b holds confidences in (b/bins, (b+1)/bins]; a confidence of 0 goes to the first bin
         which = (conf * self.bins).ceil().long().clamp(1, self.bins) - 1
         ones = torch.ones_like(conf)

@@ -209,11 +209,15 @@ def _timm_load_log() -> Iterator[list[logging.LogRecord]]:
                 logger.handle(record)
 
 
-def _timm_teacher(name: str, num_classes: int, weights: Path | None, img_size: int | None) -> Teacher:
+def timm_size_kwargs(name: str, img_size: int | None) -> dict:
+    """`img_size` for timm models whose input size is fixed (ViTs: position embeddings sized, and resampled,
+    for it); nothing for the others, which take any size."""
     cfg = get_pretrained_cfg(name)
-    kwargs: dict = {"num_classes": num_classes}
-    if img_size and cfg is not None and cfg.fixed_input_size:
-        kwargs["img_size"] = img_size  # ViTs: position embeddings sized (and resampled) for this input
+    return {"img_size": img_size} if img_size and cfg is not None and cfg.fixed_input_size else {}
+
+
+def _timm_teacher(name: str, num_classes: int, weights: Path | None, img_size: int | None) -> Teacher:
+    kwargs: dict = {"num_classes": num_classes, **timm_size_kwargs(name, img_size)}
     if weights is not None:
         _read_state_dict(weights)  # a clear error for a missing or corrupt file before timm tries
         kwargs["pretrained_cfg_overlay"] = dict(file=str(weights))

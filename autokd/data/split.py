@@ -16,6 +16,9 @@ from autokd.errors import AutokdError
 
 log = logging.getLogger("autokd")
 
+#: the part of the training split a search scores on, and the seed that picks it; training subsets avoid it
+HELDOUT_FRACTION, SPLIT_SEED = 0.1, 0
+
 
 def split_indices(labels: Sequence[int], val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """Deterministic stratified split of train indices into (train_idx, heldout_idx), both sorted.
@@ -54,7 +57,7 @@ def scoring_indices(labels: Sequence[int], heldout_idx: Sequence[int], batch_siz
 
 def scoring_batch(
     data: ImageDataset, batch_size: int, seed: int, transform: Transform, *,
-    val_fraction: float = 0.1, split_seed: int = 0,
+    val_fraction: float = HELDOUT_FRACTION, split_seed: int = SPLIT_SEED,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """One fixed, seeded, class-balanced batch (images [B,3,H,W], labels [B]) from the held-out train split.
 
@@ -86,7 +89,7 @@ def subset_data(data: ImageDataset, train: int | None, test: int | None, seed: i
     """The dataset with a stratified subset of its training split (never the search's held-out scoring part)
     and of its test split."""
     if train:
-        _, heldout = split_indices(data.train.labels, 0.1, 0)  # the split every search scores on
+        _, heldout = split_indices(data.train.labels, HELDOUT_FRACTION, SPLIT_SEED)
         data.train = SubsetImages(data.train, stratified_subset(data.train.labels, train, seed, heldout))
     if test and data.test is not None and test < len(data.test):
         data.test = SubsetImages(data.test, stratified_subset(data.test.labels, test, seed))

@@ -16,6 +16,7 @@ from optuna.trial import TrialState
 
 from autokd.cost import Budget, format_macs
 from autokd.data import ImageDataset, load_data, scoring_batch
+from autokd.data.split import HELDOUT_FRACTION
 from autokd.errors import AutokdError
 from autokd.proxies import (
     PROXIES,
@@ -70,7 +71,7 @@ class SearchConfig:
     population_size: int = 20
     tournament_size: int = 5
     device: str = "auto"
-    val_fraction: float = 0.1
+    val_fraction: float = HELDOUT_FRACTION
 
     def storage_url(self, out: Path | None) -> str:
         if self.storage:

@@ -233,9 +233,10 @@ class Trainer:
             self.inputs = Inputs(size, crop_pct=0.875 if size > 64 else 1.0)
         self.img_size = self.inputs.img_size
         self._build_data(options.num_workers)
+        # before the teacher moves to the device: its fingerprint hashes the weights on the CPU
+        self.cache = self._open_cache(options.cache_dir, options.cache_topk) if recipe.teacher_cache else None
         self._build_model(options.compile_teacher, options.compile_student)
         self._build_optim()
-        self.cache = self._open_cache(options.cache_dir, options.cache_topk) if recipe.teacher_cache else None
         self.epoch = self.step_in_epoch = self.global_step = 0
         self.best_top1, self.best_epoch, self.history = -1.0, -1, []
         self.teacher_metrics: Metrics | None = None

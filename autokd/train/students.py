@@ -15,6 +15,7 @@ import yaml
 from autokd.cost import count_macs, format_macs
 from autokd.errors import AutokdError
 from autokd.spaces import ArchSpec, load_space
+from autokd.teachers import timm_size_kwargs
 
 log = logging.getLogger("autokd")
 
@@ -112,9 +113,8 @@ def student_from_timm(name: str, num_classes: int, img_size: int | None = None) 
     if not timm.is_model(name):
         raise AutokdError(f"unknown student {name!r}: give a top/<rank>.yaml from `autokd search`, "
                           "study:NAME#TRIAL or a timm model name")
-    cfg = timm.models.get_pretrained_cfg(name)
-    kwargs = {"img_size": img_size} if img_size and cfg is not None and cfg.fixed_input_size else {}
-    return Student(timm.create_model(name, num_classes=num_classes, **kwargs), name, img_size=img_size)
+    model = timm.create_model(name, num_classes=num_classes, **timm_size_kwargs(name, img_size))
+    return Student(model, name, img_size=img_size)
 
 
 def resolve_student(ref: str, num_classes: int, *, storage: str | None = None,

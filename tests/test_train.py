@@ -342,3 +342,20 @@ def test_mixup_needs_an_even_batch_per_process(data, trained_teacher, tmp_path):
     with pytest.raises(AutokdError, match="even batch size"):
         train_student(tiny(), trained_teacher, data, small_recipe("kd", batch_size=15, mixup=0.2), tmp_path,
                       progress=False)
+
+
+def test_finetuning_uses_the_teachers_own_inputs(monkeypatch, tmp_path, weights):
+    import dataclasses
+
+    from autokd.recipes import Recipe
+    from autokd.teachers import resolve_teacher
+    from autokd.train import finetune
+    from autokd.train.loop import Inputs
+
+    teacher = resolve_teacher("resnet20_cifar", 10, weights=str(weights))
+    teacher = dataclasses.replace(teacher, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))  # not the ImageNet default
+    seen = {}
+    monkeypatch.setattr(finetune, "train_student", lambda *args, **kwargs: seen.update(kwargs))
+    finetune.finetune_teacher(teacher, synthetic_dataset(train_size=20, test_size=10), Recipe.load("none"),
+                              tmp_path / "ft")
+    assert seen["inputs"] == Inputs.of(teacher) and seen["inputs"].mean == (0.5, 0.5, 0.5)

@@ -8,7 +8,7 @@ from autokd.data import ImageDataset
 from autokd.errors import AutokdError
 from autokd.recipes import Recipe
 from autokd.teachers import Teacher
-from autokd.train.loop import train_student
+from autokd.train.loop import Inputs, train_student
 from autokd.train.results import TrainResult
 from autokd.train.students import Student
 
@@ -26,5 +26,6 @@ def finetune_teacher(teacher: Teacher, data: ImageDataset, recipe: Recipe, out: 
     for p in model.parameters():
         p.requires_grad_(True)
     student = Student(model=model, name=teacher.name, img_size=teacher.img_size)
+    # the teacher's own size, normalisation, crop and interpolation: the inputs it will be distilled on
     return train_student(student, None, data, recipe, out, device=device, resume=resume, seed=seed,
-                         num_workers=num_workers, progress=progress, img_size=teacher.img_size)
+                         num_workers=num_workers, progress=progress, inputs=Inputs.of(teacher))

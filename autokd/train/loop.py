@@ -103,6 +103,7 @@ def train_student(
     cache_dir: str | Path | None = None,
     cache_topk: int = DEFAULT_TOPK,
     progress: bool = True,
+    inputs: Inputs | None = None,
 ) -> TrainResult:
     """Train `student` (in place) on `data.train` with `recipe`, distilling `teacher`; write out/results.json,
     out/best.pt and out/last.pt; evaluate on data.test, else on a held-out tenth of train.
@@ -111,11 +112,11 @@ def train_student(
     batch). `resume` continues from out/last.pt. `max_steps` stops early, keeping a resumable checkpoint.
     `baseline` also trains a copy of the student without KD (out/baseline/) and reports the gain. Inputs use
     the teacher's size and normalisation; without a teacher, `img_size`, else the student's search size, else
-    the data's own (the short side of its first image). With `recipe.teacher_cache`, the teacher's top
-    `cache_topk` probabilities are kept under `cache_dir` (default ~/.cache/autokd/teacher_outputs, or
+    the data's own (the short side of its first image); `inputs` sets them outright. With `recipe.teacher_cache`,
+    the teacher's top `cache_topk` probabilities are kept under `cache_dir` (default ~/.cache/autokd/teacher_outputs, or
     $AUTOKD_CACHE/teacher_outputs). `num_workers` defaults to 0 on the CPU and up to 8 per GPU."""
     options = TrainOptions(seed, num_workers, max_steps, compile_teacher, compile_student, log_every,
-                           img_size, cache_dir, cache_topk, progress)
+                           img_size, cache_dir, cache_topk, progress, inputs)
     info = D.setup(device)
     try:
         meta = student if isinstance(student, Student) else Student(student, type(student).__name__)

@@ -40,9 +40,14 @@ def add_search_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int, help="scoring batch (default 64 at <= 64 px, else 32)")
     p.add_argument("--score-batches", type=int, default=1,
                    help="score every candidate on N fixed batches and average (default 1; costs N times more)")
-    p.add_argument("--proxies", type=_csv, default=("diswot",),
-                   help="scores to compute: diswot,naswot,synflow,grad_norm (params and macs are always recorded)")
-    p.add_argument("--objective", default="diswot", help="the score the search maximises (default diswot)")
+    p.add_argument("--proxies", type=_csv, default=(),
+                   help="more scores to record beside the objective's, e.g. diswot,zico,meco (params and macs "
+                        "are always recorded)")
+    p.add_argument("--objective",
+                   help="the score the search maximises (default: the best measured ranking, see the README): one "
+                        "score, or several joined by '+' (their log-rank sum, AZ-NAS style), or aznas")
+    p.add_argument("--reference-size", type=int, default=64,
+                   help="random specs under the budget that an aggregate objective ranks against (default 64)")
     p.add_argument("--score-teacher", default="random", choices=("random", "trained"),
                    help="DisWOT scores against a randomly initialised copy of the teacher (default, as the paper) "
                         "or the trained teacher")
@@ -64,7 +69,8 @@ def _search_config(args: argparse.Namespace):
         teacher=args.teacher, budget=args.budget, params_budget=args.params_budget, data=args.data,
         spaces=args.space, trials=args.trials, timeout=args.timeout, seed=args.seed, sampler=args.sampler,
         storage=args.storage, study_name=args.study, workers=args.workers, teacher_weights=args.teacher_weights,
-        img_size=args.img_size, batch_size=args.batch_size, proxies=args.proxies, objective=args.objective,
+        img_size=args.img_size, batch_size=args.batch_size, proxies=args.proxies,
+        **({"objective": args.objective} if args.objective else {}), reference_size=args.reference_size,
         population_size=args.population, tournament_size=args.tournament, device=args.device,
         width_match=args.width_match, score_teacher=args.score_teacher, score_batches=args.score_batches,
         relation_layer=args.relation_layer,
@@ -138,7 +144,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     study = result.search.study
     console.print(f"study [bold]{study.study_name}[/] in {result.search.storage_url}: {len(study.trials)} trials; "
                   f"{len(result.skipped)} finished training(s) reused; {result.seconds:.1f} s")
-    console.print(trained_table(result.trained, args.objective, format_macs))
+    console.print(trained_table(result.trained, result.search.context.config.objective, format_macs))
     out = result.out
     if not result.complete:
         print("autokd: a training was stopped; run the same command again to resume", file=sys.stderr)

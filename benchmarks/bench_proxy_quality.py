@@ -25,18 +25,19 @@ from scipy import stats
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import RESULTS_DIR, machine, print_table, write_json  # noqa: E402
 
+from autokd.proxies.aggregate import aggregate_terms, oriented, population_aggregate  # noqa: E402
 from autokd.spaces import ArchSpec  # noqa: E402
 
-# proxy -> (column autokd records, sign that makes higher = better)
-PROXY_COLUMNS = {
-    "diswot": ("diswot", 1), "diswot_relation": ("diswot_relation", -1), "diswot_semantic": ("diswot_semantic", -1),
-    "naswot": ("naswot", 1), "synflow": ("synflow", 1), "grad_norm": ("grad_norm", 1),
-    "params": ("params", 1), "macs": ("macs", 1),
-    # budget-aware combinations with size: the mean of the two ranks within the ground truth (higher = better)
-    "diswot+params": ("diswot+params", 1), "diswot+macs": ("diswot+macs", 1),
-}
-COMBINED = {"diswot+params": ("diswot", "params"), "diswot+macs": ("diswot", "macs")}
-SCORED = ("diswot", "naswot", "synflow", "grad_norm")  # what the rescoring asks autokd for
+# the proxies rescored by default: every registered proxy (params, macs, depth, layers come with the costs)
+SCORED = ("all",)
+# AZ-NAS-style log-rank aggregates reported beside the single scores (autokd.proxies.aggregate), fixed in advance
+# from the literature: the authors' AZ-NAS, and size (params) paired with each teacher-free and teacher-aware score
+COMBINATIONS = (
+    "aznas", "az_expressivity+az_progressivity+az_trainability+params", "params+layers", "params+depth",
+    "params+diswot", "params+zico", "params+meco", "params+swap", "params+vkdnw", "params+az_expressivity",
+    "params+az_trainability", "params+synflow", "params+grad_norm", "params+naswot", "params+snip",
+    "params+fisher", "params+jacov", "params+zen", "params+dss", "params+macs",
+)
 TARGETS = ("kd_acc", "cls_acc")
 GT_COLUMNS = ("spec", "macs", "params", "kd_acc", "cls_acc", "seed", "epochs", "device")
 
@@ -80,17 +81,31 @@ def top_pick_rank(score: np.ndarray, target: np.ndarray) -> int:
     return int(ranks[pick])
 
 
+def score_keys(frame: pd.DataFrame) -> list[str]:
+    """The proxy score columns of `frame`, in registry order (every registered proxy's output keys)."""
+    from autokd.proxies import PROXIES
+
+    keys = [k for proxy in PROXIES.values() for k in proxy.outputs]
+    return [k for k in dict.fromkeys(keys) if k in frame.columns and frame[k].notna().any()]
+
+
+def oriented_column(frame: pd.DataFrame, name: str) -> np.ndarray:
+    """A score or aggregate column with higher = better (distances negated)."""
+    return np.array([oriented(name, v) for v in frame[name].to_numpy(float)])
+
+
 def proxy_quality(frame: pd.DataFrame, proxies: list[str], targets: tuple[str, ...] = TARGETS,
                   n_resamples: int = 2000, seed: int = 0) -> dict[str, dict[str, dict[str, float]]]:
     """For each proxy and target: tau, rho, their intervals and the top pick's true rank (of len(frame))."""
     result: dict[str, dict[str, dict[str, float]]] = {}
     for name in proxies:
-        column, sign = PROXY_COLUMNS[name]
-        score = sign * frame[column].to_numpy(float)
+        score = oriented_column(frame, name)
         scored = ~np.isnan(score)  # a proxy that could not score some specs is judged on the rest (see "n")
         score = score[scored]
         result[name] = {}
         for target in targets:
+            if target not in frame.columns or frame[target].isna().all():
+                continue
             y = frame[target].to_numpy(float)[scored]
             if len(y) < 2:
                 result[name][target] = {"tau": np.nan, "tau_ci": (np.nan, np.nan), "rho": np.nan,
@@ -107,18 +122,13 @@ def proxy_quality(frame: pd.DataFrame, proxies: list[str], targets: tuple[str, .
     return result
 
 
-def rank_mean(frame: pd.DataFrame, columns: tuple[str, ...]) -> np.ndarray:
-    """The mean over `columns` of each row's rank (1 = lowest, ties averaged); nan where any column is nan.
-    Every column is higher = better, as `PROXY_COLUMNS` signs them."""
-    ranks = [pd.Series(PROXY_COLUMNS[c][1] * frame[PROXY_COLUMNS[c][0]].to_numpy(float)).rank() for c in columns]
-    return pd.concat(ranks, axis=1).mean(axis=1, skipna=False).to_numpy()
-
-
-def add_combinations(frame: pd.DataFrame) -> pd.DataFrame:
-    """The frame with one column per `COMBINED` entry."""
+def add_combinations(frame: pd.DataFrame, combinations: tuple[str, ...] = COMBINATIONS) -> pd.DataFrame:
+    """The frame with one column per aggregate whose terms it holds, each ranked within the frame (AZ-NAS)."""
     out = frame.copy()
-    for name, columns in COMBINED.items():
-        out[name] = rank_mean(out, columns)
+    for name in combinations:
+        terms = aggregate_terms(name)
+        if terms and all(t in out.columns and out[t].notna().any() for t in terms):
+            out[name] = population_aggregate({t: out[t].to_numpy(float) for t in terms})
     return out
 
 
@@ -135,47 +145,52 @@ def read_ground_truth(path: str | Path) -> pd.DataFrame:
     return frame
 
 
-def rescore(frame: pd.DataFrame, args: argparse.Namespace) -> tuple[pd.DataFrame, dict[str, str]]:
+def rescore(frame: pd.DataFrame, args: argparse.Namespace) -> tuple[pd.DataFrame, dict[str, str], dict]:
     """Score every spec with autokd's proxies, as a search with these settings would; also return, for any
-    proxy that could not score some spec, why."""
+    proxy that could not score some spec, why, and each proxy's mean CPU seconds per spec."""
+    import time
+
     import torch
 
     from autokd.errors import AutokdError
+    from autokd.proxies import PROXIES
     from autokd.search import SearchConfig, prepare
 
     if args.threads:
         torch.set_num_threads(args.threads)
     specs = [ArchSpec.from_json(s) for s in frame["spec"]]
-    scored = tuple(args.proxies)
+    names = list(PROXIES) if "all" in args.proxies else list(args.proxies)
     config = SearchConfig(
         teacher=args.teacher, teacher_weights=args.teacher_weights, data=args.data,
         budget="1T",  # the students were chosen under their budget; scoring them does not check it again
         spaces=tuple(sorted({s.space for s in specs})),
-        img_size=args.img_size, batch_size=args.batch_size, score_batches=args.score_batches, proxies=scored,
+        img_size=args.img_size, batch_size=args.batch_size, score_batches=args.score_batches, proxies=tuple(names),
         seed=args.seed,
         width_match=args.width_match, relation_layer=args.relation_layer, score_teacher=args.score_teacher,
         device=args.device,
     )
     ctx = prepare(config)
     ev = ctx.evaluator
-    scores, unavailable = [], {}
-    for spec in specs:
-        names = list(scored)
-        while True:  # a proxy that cannot read this model (e.g. NASWOT without ReLU modules) is left out
+    rows, unavailable = [], {}
+    seconds = {n: 0.0 for n in names}
+    for i, spec in enumerate(specs):
+        model = ev.build(spec).to(ev.device)
+        cost = ev.cost(spec)
+        row: dict[str, float] = {}
+        for name in names:  # one proxy at a time, so that each is timed on its own
+            start = time.process_time()
             try:
-                model = ev.build(spec).to(ev.device)
-                scores.append(ev.score_model(model, names, ev.cost(spec)))
-                break
-            except AutokdError as err:
-                failed = next((n for n in names if repr(n) in str(err) or n.upper() in str(err)), None)
-                if failed is None:
-                    raise
-                names.remove(failed)
-                unavailable.setdefault(failed, str(err))
+                row.update(ev.score_model(model, [name], cost))
+            except AutokdError as err:  # a proxy that cannot read this model (e.g. SWAP without ReLUs)
+                unavailable.setdefault(name, str(err))
+            seconds[name] += time.process_time() - start
+        rows.append(row)
+        if args.progress:
+            print(f"scored {i + 1}/{len(specs)}", flush=True)
     out = frame.copy()
-    for key in ("diswot", "diswot_relation", "diswot_semantic", "naswot", "synflow", "grad_norm"):
-        out[key] = [s.get(key, np.nan) for s in scores]
-    return out, unavailable
+    for key in dict.fromkeys(k for n in names for k in PROXIES[n].outputs):
+        out[key] = [r.get(key, np.nan) for r in rows]
+    return out, unavailable, {n: s / len(specs) for n, s in seconds.items()}
 
 
 def report(frame: pd.DataFrame, proxies: list[str], args: argparse.Namespace, title: str,
@@ -186,6 +201,9 @@ def report(frame: pd.DataFrame, proxies: list[str], args: argparse.Namespace, ti
     for name in proxies:
         row = [name]
         for target in TARGETS:
+            if target not in quality[name]:
+                row += ["-", "-", "-"]
+                continue
             q = quality[name][target]
             row += [f"{q['tau']:+.3f} [{q['tau_ci'][0]:+.2f}, {q['tau_ci'][1]:+.2f}]",
                     f"{q['rho']:+.3f} [{q['rho_ci'][0]:+.2f}, {q['rho_ci'][1]:+.2f}]",
@@ -194,7 +212,7 @@ def report(frame: pd.DataFrame, proxies: list[str], args: argparse.Namespace, ti
     columns = ["proxy"] + [f"{m} {t}" for t in TARGETS for m in ("tau", "rho", "top pick")]
     notes = [f"{len(frame)} specs ({int(frame['seeds'].sum())} rows) from {args.gt}; bootstrap 95% intervals over "
              f"{args.resamples} seeded resamples; top pick = true rank of the proxy's best (1 = best)"]
-    notes += [f"{name}: not scored ({why})" for name, why in unavailable.items()]
+    notes += [f"{name}: not scored for some specs ({why})" for name, why in unavailable.items()]
     print_table(title, columns, rows, notes)
     return quality
 
@@ -210,7 +228,8 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--batch-size", type=int)
     p.add_argument("--score-batches", type=int, default=1, help="average the scores over N fixed batches")
     p.add_argument("--proxies", type=lambda v: tuple(v.split(",")), default=SCORED,
-                   help=f"proxies to rescore (default {','.join(SCORED)}; the others are left out of the table)")
+                   help="proxies to rescore, comma-separated (default all registered ones)")
+    p.add_argument("--progress", action="store_true", help="print a line per scored spec")
     p.add_argument("--width-match", default="projection")
     p.add_argument("--relation-layer", default="features", choices=("features", "pooled"))
     p.add_argument("--score-teacher", default="random", choices=("random", "trained"),
@@ -224,17 +243,17 @@ def main(argv: list[str] | None = None) -> dict:
     args = p.parse_args(argv)
 
     frame = read_ground_truth(args.gt)
-    have = all(PROXY_COLUMNS[n][0] in frame.columns for n in PROXY_COLUMNS if n not in COMBINED)
     unavailable: dict[str, str] = {}
-    if args.rescore or not have:
+    seconds: dict[str, float] = {}
+    if args.rescore or not score_keys(frame):
         if not args.data:
             raise SystemExit("the CSV has no proxy columns: give --data (and --teacher/--teacher-weights) to score")
-        frame, unavailable = rescore(frame, args)
+        frame, unavailable, seconds = rescore(frame, args)
     frame = add_combinations(frame)
     frame["space"] = [ArchSpec.from_json(spec).space for spec in frame["spec"]]
     if args.scores_out:
         frame.to_csv(args.scores_out, index=False)
-    proxies = [n for n in PROXY_COLUMNS if frame[PROXY_COLUMNS[n][0]].notna().any()]  # those scored
+    proxies = [*score_keys(frame), *(c for c in COMBINATIONS if c in frame.columns)]
     quality = report(frame, proxies, args, "proxy quality: rank correlation with trained accuracy", unavailable)
     by_space = {}
     spaces = sorted(frame["space"].unique())
@@ -246,7 +265,7 @@ def main(argv: list[str] | None = None) -> dict:
     result = {
         "gt": str(args.gt), "specs": n, "rows": int(frame["seeds"].sum()),
         "settings": {k: v for k, v in vars(args).items() if k not in ("gt", "out")},
-        "rescored": args.rescore or not have, "unavailable": unavailable,
+        "rescored": bool(seconds), "unavailable": unavailable, "cpu_seconds_per_spec": seconds,
         "proxies": quality, "by_space": by_space, "machine": machine(),
     }
     print(f"wrote {write_json(result, Path(args.out))}")

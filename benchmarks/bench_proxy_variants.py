@@ -4,7 +4,7 @@ Variants: the trained teacher or a randomly initialised copy of it (the search's
 matchings (pool, correlation, class), batch 32 and 128 (default 64), another fixed batch, the mean over 4 fixed
 batches, the relation term on the pooled features instead of the last feature map, scoring at 64 px. Reports
 Kendall tau (95% CI) of DisWOT and its two terms against KD accuracy, beside the params baseline and the
-budget-aware combination (mean rank of DisWOT and params), and writes results/proxy_variants.json.
+budget-aware combination (log-rank sum of params and DisWOT, AZ-NAS style), and writes results/proxy_variants.json.
 
     python benchmarks/bench_proxy_variants.py --gt benchmarks/results/gt_cifar10.csv \
         --data ../shared/data/cifar10-jpeg.zip --teacher-weights ../shared/teachers/cifar10_resnet56-4bfd9763.th
@@ -36,7 +36,7 @@ VARIANTS = {
     "trained teacher + width pool": ["--score-teacher", "trained", "--width-match", "pool"],
     "trained teacher + width class": ["--score-teacher", "trained", "--width-match", "class"],
 }
-SHOWN = ("diswot", "diswot_relation", "diswot_semantic", "params", "diswot+params")
+SHOWN = ("diswot", "diswot_relation", "diswot_semantic", "params", "params+diswot")
 
 
 def main(argv: list[str] | None = None) -> dict:

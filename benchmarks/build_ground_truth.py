@@ -1,18 +1,22 @@
 """Ground truth for the proxies: train students spread across the MACs range, with and without KD.
 
-Samples `--students` specs of `cifar_resnet` (and `--vit-students` of `vit` at 32 px) under `--budget`,
-stratified by MACs (log-spaced bins from the space's smallest model to the budget), then trains each one twice
-per seed with one fixed recipe: distilled from the CIFAR-10 teacher (kd_acc) and without KD (cls_acc, the same
-recipe with cross-entropy only). Writes one row per student and seed to benchmarks/results/gt_cifar10.csv:
-spec (autokd JSON), macs, params, kd_acc, cls_acc, seed, epochs, device, note. Runs resume: a finished training
-(results.json) is reused, an interrupted one continues from its last.pt; the CSV is rewritten as pairs finish.
+Samples `--students` specs of `cifar_resnet` (and `--vit-students` of `vit` at 32 px) under each of
+`--budgets` (each band runs from the previous budget, or the space's smallest model, to its own), stratified
+by MACs (log-spaced bins), then trains each one per seed: distilled from the CIFAR-10 teacher (kd_acc) and,
+when `--kinds` has cls, without KD (cls_acc, the same recipe with cross-entropy only). `--recipe auto` gives each
+family its own recipe (`--cnn-recipe`, `--vit-recipe`). Writes one row per student and seed to
+benchmarks/results/gt_cifar10.csv: spec (autokd JSON), macs, params, kd_acc, cls_acc, seed, epochs, device, note.
+Runs resume: a finished training (results.json) is reused, an interrupted one continues from its last.pt; the
+CSV is rewritten as trainings finish. Jobs run student by student, every seed of one student together, so a
+partial run already gives seed pairs spread over the MACs range.
 
 GPU (small models share one GPU well; several processes at once):
     python benchmarks/build_ground_truth.py --device cuda --workers 6 --students 48 --vit-students 24 \
         --epochs 30 --seeds 2 --finetune-epochs 15
-CPU (a subset of the training split, few epochs; the note column says so):
-    python benchmarks/build_ground_truth.py --device cpu --workers 2 --threads 1 --students 20 --vit-students 0 \
-        --epochs 3 --subset 5000 --test-subset 2000
+CPU (a subset of the training split, few epochs; the note column says so), the committed ground truth:
+    python benchmarks/build_ground_truth.py --device cpu --workers 1 --threads 1 --students 42 --vit-students 21 \
+        --budgets 12M,25M,50M --recipe auto --kinds kd --seeds 2 --epochs 10 --subset 5000 --test-subset 2000 \
+        --finetune-epochs 2 --teacher-cache --out benchmarks/results/gt_cifar10_v2.csv
 """
 
 from __future__ import annotations
@@ -51,9 +55,9 @@ def mac_bins(low: float, high: float, n: int) -> np.ndarray:
 
 
 def stratified_specs(space_name: str, count: int, budget: int, seed: int, bins: int | None = None,
-                     pool: int = 3000) -> list:
-    """`count` distinct specs under `budget`, spread over log-spaced MACs bins (round-robin over the bins,
-    so sparse bins still get their share); MACs are exact (fvcore)."""
+                     pool: int = 3000, floor: int = 0) -> list:
+    """`count` distinct specs with `floor` < MACs <= `budget`, spread over log-spaced MACs bins (round-robin over
+    the bins, so sparse bins still get their share); MACs are exact (fvcore)."""
     from autokd.cost import count_macs
     from autokd.spaces import load_space
 
@@ -61,7 +65,7 @@ def stratified_specs(space_name: str, count: int, budget: int, seed: int, bins: 
         return []
     space = load_space(space_name, IMG_SIZE)
     rng = random.Random(seed)
-    low = count_macs(space.build(space.smallest(), 10), IMG_SIZE)
+    low = max(count_macs(space.build(space.smallest(), 10), IMG_SIZE), floor)
     if low > budget:
         log.warning("space %s has nothing under %d MACs; skipped", space_name, budget)
         return []
@@ -71,7 +75,7 @@ def stratified_specs(space_name: str, count: int, budget: int, seed: int, bins: 
     for _ in range(pool):
         spec = space.sample(rng)
         estimate = space.estimate_macs(spec, 10)
-        if spec in seen or estimate > budget * 1.02:
+        if spec in seen or estimate > budget * 1.02 or estimate < low * 0.98:
             continue
         seen.add(spec)
         b = min(max(int(np.searchsorted(edges, estimate, side="right")) - 1, 0), len(buckets) - 1)
@@ -81,7 +85,7 @@ def stratified_specs(space_name: str, count: int, budget: int, seed: int, bins: 
         for bucket in buckets:
             while bucket and len(chosen) < count:
                 spec = bucket.pop()
-                if count_macs(space.build(spec, 10), IMG_SIZE) <= budget:  # every decision on the real count
+                if floor < count_macs(space.build(spec, 10), IMG_SIZE) <= budget:  # decided on the real count
                     chosen.append(spec)
                     break
     return sorted(chosen, key=lambda s: space.estimate_macs(s, 10))
@@ -113,7 +117,7 @@ def train_one(spec_json: str, kind: str, seed: int) -> dict:
     """Train one student (kind 'kd' or 'cls') in its own run folder; reuse or resume what is there."""
     import torch
 
-    from autokd.recipes import load_recipe
+    from autokd.recipes import CNN_SPACES, load_recipe
     from autokd.spaces import ArchSpec
     from autokd.train import TrainResult, build_from_spec, no_kd, train_student
 
@@ -122,14 +126,18 @@ def train_one(spec_json: str, kind: str, seed: int) -> dict:
     done = folder / "results.json"
     result = TrainResult.load(done) if done.is_file() else None
     if result is None or result.stopped is not None:
-        recipe = load_recipe(args.recipe, epochs=args.epochs, batch_size=args.batch_size)
+        space = ArchSpec.from_json(spec_json).space
+        name = args.recipe if args.recipe != "auto" else (args.cnn_recipe if space in CNN_SPACES else args.vit_recipe)
+        recipe = load_recipe(name, epochs=args.epochs, batch_size=args.batch_size,
+                             teacher_cache=args.teacher_cache and kind == "kd")
         recipe = recipe if kind == "kd" else no_kd(recipe)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)  # the same initial weights for kd and cls
             student = build_from_spec(ArchSpec.from_json(spec_json), data.num_classes, IMG_SIZE)
         result = train_student(student, teacher if kind == "kd" else None, data, recipe, folder,
                                device=args.device, resume=(folder / "last.pt").is_file(), seed=seed,
-                               num_workers=0, progress=False, img_size=IMG_SIZE)
+                               num_workers=0, progress=False, img_size=IMG_SIZE,
+                               cache_dir=Path(args.runs) / "teacher_cache", evaluate_teacher=False)
     return {"spec": spec_json, "kind": kind, "seed": seed, "top1": result.top1, "best_top1": result.best_top1,
             "macs": result.macs, "params": result.params, "epochs": result.epochs, "device": result.device,
             "teacher_top1": result.teacher_top1, "seconds": result.seconds}
@@ -155,8 +163,17 @@ def teacher_weights(args: argparse.Namespace) -> str | None:
     return str(folder / "best.pt")
 
 
-def rows_from(results: list[dict], note: str) -> pd.DataFrame:
-    """One row per (spec, seed) with both trainings done: kd_acc and cls_acc side by side."""
+def _teacher_top1(args: argparse.Namespace) -> float | None:
+    """The fine-tuned teacher's top-1 on the eval split (from its run), else None."""
+    from autokd.train import TrainResult
+
+    done = Path(args.runs) / "teacher" / "results.json"
+    return TrainResult.load(done).top1 if args.finetune_epochs and done.is_file() else None
+
+
+def rows_from(results: list[dict], note: str, kinds: tuple[str, ...] = ("kd", "cls")) -> pd.DataFrame:
+    """One row per (spec, seed) with every training of `kinds` done: kd_acc and cls_acc side by side (cls_acc
+    empty when only KD was trained)."""
     from autokd.spaces import ArchSpec
 
     frame = pd.DataFrame(results)
@@ -164,7 +181,8 @@ def rows_from(results: list[dict], note: str) -> pd.DataFrame:
         return frame
     kd = frame[frame["kind"] == "kd"]
     cls = frame[frame["kind"] == "cls"][["spec", "seed", "top1", "best_top1", "seconds"]]
-    both = kd.merge(cls, on=["spec", "seed"], suffixes=("", "_cls"))
+    how = "inner" if "cls" in kinds else "left"
+    both = kd.merge(cls, on=["spec", "seed"], suffixes=("", "_cls"), how=how)
     both = both.rename(columns={"top1": "kd_acc", "best_top1": "kd_best", "top1_cls": "cls_acc",
                                 "best_top1_cls": "cls_best"})
     both["space"] = [ArchSpec.from_json(s).space for s in both["spec"]]
@@ -183,9 +201,17 @@ def main(argv: list[str] | None = None) -> Path:
     p.add_argument("--finetune-lr", type=float, default=0.01)
     p.add_argument("--students", type=int, default=40, help="cifar_resnet students (default 40)")
     p.add_argument("--vit-students", type=int, default=20, help="vit students at 32 px (default 20)")
-    p.add_argument("--budget", default="50M", help="MAC budget every student stays under (default 50M)")
+    p.add_argument("--budgets", "--budget", default="50M",
+                   help="MAC budgets, comma-separated: students are drawn in each band up to one (default 50M)")
     p.add_argument("--bins", type=int, help="MACs bins per space (default min(students, 8))")
-    p.add_argument("--recipe", default="kd", help="the one recipe for every student (cls: the same without KD)")
+    p.add_argument("--recipe", default="kd",
+                   help="the recipe for every student (cls: the same without KD); auto: one per family")
+    p.add_argument("--cnn-recipe", default="dist", help="CNN students' recipe under --recipe auto")
+    p.add_argument("--vit-recipe", default=str(ROOT / "benchmarks" / "recipes" / "gt_vit.yaml"),
+                   help="ViT students' recipe under --recipe auto")
+    p.add_argument("--kinds", default="kd,cls", help="kd (distilled), cls (no KD) or both (default kd,cls)")
+    p.add_argument("--teacher-cache", action="store_true",
+                   help="cache the teacher's outputs per view (shared by every student of a seed)")
     p.add_argument("--epochs", type=int, default=30)
     p.add_argument("--batch-size", type=int)
     p.add_argument("--subset", type=int, help="train on a stratified subset of N training images")
@@ -206,18 +232,29 @@ def main(argv: list[str] | None = None) -> Path:
 
     if args.device == "auto":
         args.device = "cuda" if torch.cuda.is_available() else "cpu"
-    budget = Budget.parse(args.budget).macs
-    specs = [*stratified_specs("cifar_resnet", args.students, budget, args.seed, args.bins),
-             *stratified_specs("vit", args.vit_students, budget, args.seed, args.bins)]
+    budgets = sorted(Budget.parse(b).macs for b in args.budgets.split(","))
+    floors = [0, *budgets[:-1]]
+    kinds = tuple(k for k in ("kd", "cls") if k in args.kinds.split(","))
+    specs = []
+    for space, count in (("cifar_resnet", args.students), ("vit", args.vit_students)):
+        owed = 0  # a band with too few students (none under its budget) passes its share on to the next
+        for i, (floor, budget) in enumerate(zip(floors, budgets)):
+            share = count * (i + 1) // len(budgets) - count * i // len(budgets) + owed
+            chosen = stratified_specs(space, share, budget, args.seed, args.bins, floor=floor)
+            owed = share - len(chosen)
+            specs += chosen
     weights = teacher_weights(args)
+    teacher_top1 = _teacher_top1(args)
     train_note = f"{args.subset}-image stratified subset" if args.subset else "full train split"
     test_note = f"{args.test_subset}-image test subset" if args.test_subset else "full test split"
     ft = f"fine-tuned {args.finetune_epochs} epochs" if args.finetune_epochs else "not fine-tuned on the JPEGs"
-    note = (f"{args.device.upper()} version: {train_note}, {test_note}, {args.epochs} epochs, recipe {args.recipe}, "
-            f"teacher {args.teacher} {ft}, budget {args.budget}" + (f"; {args.note}" if args.note else ""))
+    recipe = (args.recipe if args.recipe != "auto"
+              else f"{args.cnn_recipe} (CNN) / {Path(args.vit_recipe).stem} (ViT)")
+    note = (f"{args.device.upper()} version: {train_note}, {test_note}, {args.epochs} epochs, recipe {recipe}, "
+            f"teacher {args.teacher} {ft}, budgets {args.budgets}" + (f"; {args.note}" if args.note else ""))
     order = random.Random(args.seed).sample(specs, len(specs))  # a partial run still spans the MACs range
-    jobs = [(s.to_json(), kind, seed) for seed in range(args.seeds) for s in order for kind in ("kd", "cls")]
-    print(f"{len(specs)} students x {args.seeds} seed(s) x 2 = {len(jobs)} trainings on {args.device} with "
+    jobs = [(s.to_json(), kind, seed) for s in order for seed in range(args.seeds) for kind in kinds]
+    print(f"{len(specs)} students x {args.seeds} seed(s) x {len(kinds)} = {len(jobs)} trainings on {args.device} with "
           f"{args.workers} worker(s); {note}", flush=True)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -227,16 +264,16 @@ def main(argv: list[str] | None = None) -> Path:
                              initargs=(args, weights)) as pool:
         futures = [pool.submit(train_one, *job) for job in jobs]
         for i, future in enumerate(as_completed(futures), 1):
-            results.append(future.result())
+            results.append({**future.result(), "teacher_top1": teacher_top1})
             r = results[-1]
             print(f"[{i}/{len(jobs)}] {r['kind']} s{r['seed']} {r['macs'] / 1e6:.1f}M top1 {r['top1']:.2f}% "
                   f"({r['seconds']:.0f} s; {time.perf_counter() - start:.0f} s total)", flush=True)
-            rows = rows_from(results, note)
+            rows = rows_from(results, note, kinds)
             if not rows.empty:
                 tmp = out.with_suffix(".tmp")
                 rows.to_csv(tmp, index=False)
                 os.replace(tmp, out)
-    print(f"wrote {out}: {len(rows_from(results, note))} rows in {time.perf_counter() - start:.0f} s")
+    print(f"wrote {out}: {len(rows_from(results, note, kinds))} rows in {time.perf_counter() - start:.0f} s")
     return out
 
 

@@ -102,7 +102,7 @@ def test_variants_rescore_every_variant_against_the_same_ground_truth(tmp_path, 
     ])
     assert set(result["variants"]) == {"trained teacher", "random teacher (default)"}
     for variant in result["variants"].values():
-        assert set(variant) == {"diswot", "diswot_relation", "diswot_semantic", "params", "diswot+params", "by_space"}
+        assert set(variant) == {"diswot", "diswot_relation", "diswot_semantic", "params", "params+diswot", "by_space"}
         assert variant["by_space"] == {}  # one space only
         assert all(-1 <= v["tau"] <= 1 for k, v in variant.items() if k != "by_space")
     # params does not depend on the DisWOT variant
@@ -111,26 +111,29 @@ def test_variants_rescore_every_variant_against_the_same_ground_truth(tmp_path, 
     assert json.loads((tmp_path / "v.json").read_text())["gt"] == str(gt)
 
 
-def test_rank_mean_combines_signed_ranks_by_hand():
-    frame = pd.DataFrame({"diswot": [3.0, 1.0, 2.0, 5.0], "params": [10, 30, 20, 5],
-                          "diswot_relation": [0.1, 0.3, 0.2, np.nan]})
-    assert list(bpq.rank_mean(frame, ("diswot", "params"))) == [2.5, 2.5, 2.5, 2.5]  # [3,1,2,4] and [2,4,3,1]
-    assert list(bpq.rank_mean(frame, ("diswot_relation",)))[:3] == [3.0, 1.0, 2.0]  # a distance: lower = better
-    combined = bpq.rank_mean(frame, ("diswot", "diswot_relation"))
-    assert list(combined[:3]) == [3.0, 1.0, 2.0] and np.isnan(combined[3])  # a missing score is not hidden
-    both = bpq.add_combinations(frame.assign(macs=[4, 3, 2, 1]))
-    assert list(both["diswot+macs"]) == [3.5, 2.0, 2.0, 2.5]  # diswot [3,1,2,4], macs [4,3,2,1]
-    assert list(both["diswot+params"]) == [2.5, 2.5, 2.5, 2.5]
+def test_combinations_are_log_rank_sums_within_the_ground_truth():
+    frame = pd.DataFrame({"diswot": [3.0, 1.0, 2.0, 5.0], "params": [10, 30, 20, 5], "macs": [4, 3, 2, 1],
+                          "diswot_relation": [0.1, 0.3, 0.2, 0.0]})
+    both = bpq.add_combinations(frame, ("params+diswot", "diswot_relation+params", "params+zico"))
+    # ranks among the 4 (ascending, 1 = worst): diswot [3,1,2,4], params [2,4,3,1]; p = (rank - 0.5 + 1) / 5
+    p = lambda r: (r + 0.5) / 5  # noqa: E731
+    expected = [np.log(p(3)) + np.log(p(2)), np.log(p(1)) + np.log(p(4)), np.log(p(2)) + np.log(p(3)),
+                np.log(p(4)) + np.log(p(1))]
+    assert np.allclose(both["params+diswot"], expected)
+    # a distance is negated before ranking: relation [0.1, 0.3, 0.2, 0.0] ranks [3, 1, 2, 4] like diswot
+    assert np.allclose(both["diswot_relation+params"], expected)
+    assert "params+zico" not in both.columns  # a term the frame lacks: not reported
 
 
 def test_combinations_are_reported_with_the_proxies(gt_csv, tmp_path):
     result = bpq.main(["--gt", str(gt_csv), "--resamples", "50", "--out", str(tmp_path / "q.json"),
                        "--scores-out", str(tmp_path / "scores.csv")])
-    # diswot = kd_acc (ranks 1..N) and macs in reverse (N..1): every rank mean is (N + 1) / 2, no ordering
-    assert math.isnan(result["proxies"]["diswot+macs"]["kd_acc"]["tau"])
+    # diswot = kd_acc (ranks 1..N) and macs in reverse (N..1): the aggregate is symmetric, so it cannot order
+    # the middle against the ends the way kd_acc does
     scores = pd.read_csv(tmp_path / "scores.csv")
-    assert (scores["diswot+macs"] == (N + 1) / 2).all() and len(scores) == N
-    assert -1 <= result["proxies"]["diswot+params"]["kd_acc"]["tau"] <= 1
+    assert len(scores) == N and "params+diswot" in scores.columns
+    assert -1 <= result["proxies"]["params+diswot"]["kd_acc"]["tau"] <= 1
+    assert result["proxies"]["params+macs"]["kd_acc"]["tau"] < 0  # both terms favour the worst specs
 
 
 def test_quality_within_each_space(tmp_path):

@@ -20,6 +20,30 @@ if TYPE_CHECKING:
 
 #: activations whose inputs give NASWOT's binary codes (unit is "on" when its pre-activation is > 0)
 ACTIVATIONS = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.GELU, nn.SiLU)
+#: class names of one block (residual unit) in autokd's spaces and timm: ViT Block, ResNet, MobileNet blocks
+BLOCK_TYPES = ("Block", "BasicBlock", "Bottleneck", "InvertedResidual", "DepthwiseSeparableConv", "EdgeResidual",
+               "UniversalInvertedResidual", "ConvNeXtBlock")
+#: layers with weights that VKDNW and the layer-count baseline count
+WEIGHT_LAYERS = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
+
+
+def blocks(model: nn.Module) -> list[nn.Module]:
+    """The model's blocks in forward order: outermost modules whose class is in `BLOCK_TYPES` (or ends in 'Block')."""
+    found: list[nn.Module] = []
+    inside: set[int] = set()
+    for module in model.modules():
+        if id(module) in inside:
+            continue
+        name = type(module).__name__
+        if module is not model and (name in BLOCK_TYPES or name.endswith("Block")):
+            found.append(module)
+            inside |= {id(m) for m in module.modules()}
+    return found
+
+
+def weight_layers(model: nn.Module) -> list[nn.Module]:
+    """Conv and Linear layers whose weight is trainable, in registration (forward) order."""
+    return [m for m in model.modules() if isinstance(m, WEIGHT_LAYERS) and m.weight.requires_grad]
 
 
 @dataclass(frozen=True, eq=False)

@@ -12,8 +12,11 @@ from autokd.proxies.base import Probe, Proxy, ScoringBatch
 from autokd.proxies.baselines import GRAD_NORM, MACS, NASWOT, PARAMS, SYNFLOW
 from autokd.proxies.diswot import DISWOT
 from autokd.proxies.reference import TeacherReference
+from autokd.proxies.shape import SHAPE_PROXIES
 
-PROXIES: dict[str, Proxy] = {p.name: p for p in (DISWOT, NASWOT, SYNFLOW, GRAD_NORM, PARAMS, MACS)}
+PROXIES: dict[str, Proxy] = {
+    p.name: p for p in (DISWOT, NASWOT, SYNFLOW, GRAD_NORM, PARAMS, MACS, *SHAPE_PROXIES)
+}
 
 
 def score_candidate(

@@ -26,8 +26,9 @@ from autokd.proxies import (
     random_copy,
     teacher_reference,
 )
+from autokd.proxies.aggregate import DEFAULT_OBJECTIVE, RankAggregate, aggregate_terms
 from autokd.search.codec import SpecCodec
-from autokd.search.evaluate import CandidateEvaluator
+from autokd.search.evaluate import CandidateEvaluator, sample_reference
 from autokd.search.samplers import BudgetedRandomSampler, RegularizedEvolutionSampler
 from autokd.search.study import find_study, open_storage
 from autokd.spaces import SearchSpace, available_spaces, default_spaces, load_space
@@ -39,7 +40,7 @@ SAMPLERS = ("evolution", "nsga2", "tpe", "random")
 # Studies are keyed by what makes their scores comparable; resuming with another setting is refused.
 STUDY_KEYS = (
     "teacher", "budget", "params_budget", "img_size", "spaces", "objective", "seed", "batch_size", "data",
-    "width_match", "score_teacher", "score_batches", "relation_layer",
+    "width_match", "score_teacher", "score_batches", "relation_layer", "reference_size",
 )
 
 
@@ -63,8 +64,9 @@ class SearchConfig:
     img_size: int | None = None
     batch_size: int | None = None
     score_batches: int = 1
-    proxies: tuple[str, ...] = ("diswot",)
-    objective: str = "diswot"
+    proxies: tuple[str, ...] = ()  # scores recorded beside those the objective needs
+    objective: str = DEFAULT_OBJECTIVE
+    reference_size: int = 64  # specs an aggregate objective ranks each candidate against
     width_match: str = "projection"
     relation_layer: str = "features"
     score_teacher: str = "random"
@@ -92,6 +94,11 @@ class SearchContext:
     data_name: str
     data: ImageDataset | None = None  # the loaded dataset, so `autokd run` trains on it without reading it again
     notes: list[str] = field(default_factory=list)
+    ranking: RankAggregate | None = None  # an aggregate objective, fitted on the fixed reference sample
+
+    def objective_value(self, scores: dict[str, float]) -> float:
+        """The value the search maximises: the aggregate's, or the one score named by the objective."""
+        return self.ranking(scores) if self.ranking is not None else scores[self.config.objective]
 
     def study_attrs(self) -> dict:
         c = self.config
@@ -111,6 +118,7 @@ class SearchContext:
             "score_teacher": c.score_teacher,
             "score_batches": len(self.evaluator.batches),
             "relation_layer": c.relation_layer,
+            "reference_size": c.reference_size if self.ranking is not None else 0,
         }
 
 
@@ -131,8 +139,9 @@ def validate(config: SearchConfig) -> Budget:
     unknown = [p for p in config.proxies if p not in PROXIES]
     if unknown:
         raise AutokdError(f"unknown proxy {unknown[0]!r}: choose from {', '.join(PROXIES)}")
-    if config.objective not in config.proxies and config.objective not in ("params", "macs"):
-        raise AutokdError(f"the objective {config.objective!r} must be one of the proxies computed (--proxies)")
+    objective_proxies(config.objective)
+    if config.reference_size < 2:
+        raise AutokdError("--reference-size must be at least 2")
     for name in config.spaces or ():
         if name not in available_spaces() and not Path(name).is_file():
             raise AutokdError(f"unknown search space {name!r}: choose from {', '.join(available_spaces())}")
@@ -146,6 +155,17 @@ def validate(config: SearchConfig) -> Budget:
     if config.trials < 1 or config.workers < 1 or config.score_batches < 1:
         raise AutokdError("--trials, --workers and --score-batches must be at least 1")
     return budget
+
+
+def objective_proxies(objective: str) -> list[str]:
+    """The proxies whose outputs an objective reads (a score name, a named aggregate or 'a+b+c')."""
+    outputs = {key: name for name, proxy in PROXIES.items() for key in proxy.outputs}
+    terms = aggregate_terms(objective) or (objective,)
+    unknown = [t for t in terms if t not in outputs]
+    if unknown:
+        raise AutokdError(f"unknown score {unknown[0]!r} in the objective {objective!r}: choose from "
+                          f"{', '.join(outputs)}, or join several with '+'")
+    return list(dict.fromkeys(outputs[t] for t in terms))
 
 
 def prepare(config: SearchConfig) -> SearchContext:
@@ -189,7 +209,7 @@ def prepare(config: SearchConfig) -> SearchContext:
                                     batch_stats=random_teacher, relation_layer=config.relation_layer)
                   for b in batches]
     scorer.to("cpu")
-    proxies = list(dict.fromkeys([*config.proxies, "params", "macs"]))
+    proxies = list(dict.fromkeys([*config.proxies, *objective_proxies(config.objective), "params", "macs"]))
     evaluator = CandidateEvaluator(spaces, budget, len(data.classes), batches, references, proxies, device,
                                    config.seed)
 
@@ -208,8 +228,12 @@ def prepare(config: SearchConfig) -> SearchContext:
             f"{format_macs(smallest)}; raise --budget to at least that"
         )
     evaluator.spaces = reachable
+    ranking = None
+    if aggregate_terms(config.objective):
+        sample = sample_reference(evaluator, config.reference_size, config.seed)
+        ranking = RankAggregate.fit(aggregate_terms(config.objective), [evaluator.score(s) for s in sample])
     return SearchContext(config, budget, teacher, reachable, evaluator, SpecCodec(reachable), data.name, data,
-                         notes)
+                         notes, ranking)
 
 
 def make_sampler(ctx: SearchContext, worker: int = 0) -> optuna.samplers.BaseSampler:
@@ -292,9 +316,10 @@ def make_objective(ctx: SearchContext) -> Callable[[optuna.Trial], float | tuple
             trial.set_user_attr("over_budget", True)
             raise optuna.TrialPruned(f"{cost.macs} MACs is over the budget")
         scores = evaluator.score(spec)
-        for key, value in scores.items():
-            trial.set_user_attr(key, value)
-        return (scores[objective], float(cost.macs)) if multi else scores[objective]
+        value = ctx.objective_value(scores)
+        for key, score in {**scores, objective: value}.items():
+            trial.set_user_attr(key, score)
+        return (value, float(cost.macs)) if multi else value
 
     return run_trial
 

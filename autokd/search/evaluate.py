@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import random
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -120,3 +121,17 @@ class CandidateEvaluator:
 
     def evaluate(self, spec: ArchSpec) -> Candidate:
         return Candidate(spec, self.cost(spec), self.score(spec))
+
+
+def sample_reference(evaluator: CandidateEvaluator, size: int, seed: int, attempts: int = 100) -> list[ArchSpec]:
+    """`size` distinct random specs under the budget, the spaces taken in turn: an aggregate's fixed reference."""
+    rng = random.Random(f"reference:{seed}")
+    spaces = sorted(evaluator.spaces)
+    specs: list[ArchSpec] = []
+    for _ in range(size * attempts):
+        spec = evaluator.spaces[spaces[len(specs) % len(spaces)]].sample(rng)
+        if spec not in specs and evaluator.fits(spec):
+            specs.append(spec)
+            if len(specs) == size:
+                break
+    return specs

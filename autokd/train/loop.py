@@ -81,6 +81,7 @@ class TrainOptions:
     cache_topk: int = DEFAULT_TOPK
     progress: bool = True
     inputs: Inputs | None = None  # overrides the pipeline (the baseline uses its KD run's)
+    evaluate_teacher: bool = True
 
 
 def train_student(
@@ -104,6 +105,7 @@ def train_student(
     cache_topk: int = DEFAULT_TOPK,
     progress: bool = True,
     inputs: Inputs | None = None,
+    evaluate_teacher: bool = True,
 ) -> TrainResult:
     """Train `student` (in place) on `data.train` with `recipe`, distilling `teacher`; write out/results.json,
     out/best.pt and out/last.pt; evaluate on data.test, else on a held-out tenth of train.
@@ -112,11 +114,12 @@ def train_student(
     batch). `resume` continues from out/last.pt. `max_steps` stops early, keeping a resumable checkpoint.
     `baseline` also trains a copy of the student without KD (out/baseline/) and reports the gain. Inputs use
     the teacher's size and normalisation; without a teacher, `img_size`, else the student's search size, else
-    the data's own (the short side of its first image); `inputs` sets them outright. With `recipe.teacher_cache`,
+    the data's own (the short side of its first image); `inputs` sets them outright. `evaluate_teacher=False`
+    skips the teacher's accuracy on the eval split (teacher_top1 is then None). With `recipe.teacher_cache`,
     the teacher's top `cache_topk` probabilities are kept under `cache_dir` (default ~/.cache/autokd/teacher_outputs, or
     $AUTOKD_CACHE/teacher_outputs). `num_workers` defaults to 0 on the CPU and up to 8 per GPU."""
     options = TrainOptions(seed, num_workers, max_steps, compile_teacher, compile_student, log_every,
-                           img_size, cache_dir, cache_topk, progress, inputs)
+                           img_size, cache_dir, cache_topk, progress, inputs, evaluate_teacher)
     info = D.setup(device)
     try:
         meta = student if isinstance(student, Student) else Student(student, type(student).__name__)
@@ -452,7 +455,7 @@ class Trainer:
         start = time.perf_counter()
         if self.info.is_main:
             self.out.mkdir(parents=True, exist_ok=True)
-        if self.teacher_model is not None and self.teacher_metrics is None:
+        if self.teacher_model is not None and self.teacher_metrics is None and self.options.evaluate_teacher:
             self.teacher_metrics = evaluate(self.teacher_model, self.eval_loader, self.info,
                                             channels_last=self.cuda, autocast_dtype=self.autocast)
         self.stop: str | None = None

@@ -8,14 +8,21 @@ import torch.nn as nn
 
 from autokd.cost import Cost
 from autokd.errors import AutokdError
+from autokd.proxies.activation import ACTIVATION_PROXIES
+from autokd.proxies.aznas import AZNAS_PROXIES
 from autokd.proxies.base import Probe, Proxy, ScoringBatch
 from autokd.proxies.baselines import GRAD_NORM, MACS, NASWOT, PARAMS, SYNFLOW
 from autokd.proxies.diswot import DISWOT
+from autokd.proxies.gradient import GRADIENT_PROXIES
 from autokd.proxies.reference import TeacherReference
 from autokd.proxies.shape import SHAPE_PROXIES
+from autokd.proxies.transformer import TRANSFORMER_PROXIES
+from autokd.proxies.vkdnw import VKDNW_PROXIES
 
 PROXIES: dict[str, Proxy] = {
-    p.name: p for p in (DISWOT, NASWOT, SYNFLOW, GRAD_NORM, PARAMS, MACS, *SHAPE_PROXIES)
+    p.name: p
+    for p in (DISWOT, NASWOT, SYNFLOW, GRAD_NORM, *GRADIENT_PROXIES, *ACTIVATION_PROXIES, *AZNAS_PROXIES,
+              *VKDNW_PROXIES, *TRANSFORMER_PROXIES, PARAMS, MACS, *SHAPE_PROXIES)
 }
 
 

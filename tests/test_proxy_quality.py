@@ -158,3 +158,14 @@ def test_quality_within_each_space(tmp_path):
         assert result["by_space"][space]["diswot"]["kd_acc"]["tau"] == pytest.approx(1.0)
         assert result["by_space"][space]["diswot"]["kd_acc"]["n"] == 4
     assert result["proxies"]["diswot"]["kd_acc"]["tau"] < 0  # the overall ranking puts every vit first
+
+
+def test_row_statistics_equal_scipy_on_resamples_with_ties():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=30)
+    y = x + rng.normal(size=30)
+    x[3] = x[4]  # a tie, on top of the ties that resampling makes
+    idx = rng.integers(0, 30, size=(40, 30))
+    assert np.allclose(bpq.kendall_tau_rows(x[idx], y[idx]), [bpq.kendall_tau(x[i], y[i]) for i in idx])
+    assert np.allclose(bpq.spearman_rho_rows(x[idx], y[idx]), [bpq.spearman_rho(x[i], y[i]) for i in idx])
+    assert np.isnan(bpq.kendall_tau_rows(np.ones((1, 5)), np.arange(5.0)[None]))[0]

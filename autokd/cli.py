@@ -103,7 +103,8 @@ def leaderboard_table(board, objective: str, format_macs):
     from rich.table import Table
 
     table = Table(title=f"top {len(board)} by {objective}")
-    extra = [c for c in ("diswot_relation", "diswot_semantic") if c in board.columns and c != objective]
+    terms = [t for t in objective.split("+") if t not in ("params", "macs")] if "+" in objective else []
+    extra = [c for c in (*terms, "diswot_relation", "diswot_semantic") if c in board.columns and c != objective]
     for col in ["rank", "trial", "arch", "MACs", "params", objective]:
         table.add_column(col, overflow="fold", no_wrap=col != "arch")
     for col in extra:
@@ -111,7 +112,7 @@ def leaderboard_table(board, objective: str, format_macs):
     for row in board.to_dict("records"):
         table.add_row(
             str(row["rank"]), str(row["trial"]), row["arch"], format_macs(row["macs"]),
-            f"{row['params'] / 1e6:.2f} M", f"{row[objective]:.4f}", *[f"{row[c]:.4f}" for c in extra],
+            f"{row['params'] / 1e6:.2f} M", f"{row[objective]:.4f}", *[f"{row[c]:.4g}" for c in extra],
         )
     return table
 

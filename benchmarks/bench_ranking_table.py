@@ -14,6 +14,8 @@ mean tau on the others is picked and its tau on the held-out one is reported, ne
         --gt s1=benchmarks/results/scores_s1.csv --gt c10=benchmarks/results/scores_c10.csv:space \
         --seeds c10=benchmarks/results/gt_cifar10_v2.csv --stability benchmarks/results/proxy_stability.json
 `NAME=CSV:space` also makes one ground truth per search space of the CSV (NAME/cifar_resnet, NAME/vit).
+`--shown NAME=CSV[:space]` adds a ground truth to the table that neither the mean nor the choices count (one
+that a rebuilt ground truth supersedes).
 """
 
 from __future__ import annotations
@@ -138,6 +140,7 @@ def leave_one_out(table: dict[str, dict[str, dict]], eligible: list[str]) -> dic
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--gt", action="append", required=True, help="NAME=SCORES_CSV[:space] (repeatable)")
+    p.add_argument("--shown", action="append", help="NAME=SCORES_CSV[:space]: in the table, not in the mean")
     p.add_argument("--seeds", action="append",
                    help="NAME=GROUND_TRUTH_CSV with two seeds per student: the noise ceiling of NAME (repeatable)")
     p.add_argument("--stability", default=str(RESULTS_DIR / "proxy_stability.json"))
@@ -148,10 +151,13 @@ def main(argv: list[str] | None = None) -> dict:
     args = p.parse_args(argv)
 
     gts = ground_truths(args.gt)
+    shown_gts = ground_truths(args.shown or [])
     keys = list(dict.fromkeys(k for f in gts.values() for k in score_keys(f)))
     rows = [*keys, *COMBINATIONS]
     table = {name: quality(frame, rows, args.resamples, args.seed) for name, frame in gts.items()}
-    rows = [r for r in rows if all(r in t for t in table.values())]  # rows every ground truth could judge
+    shown = {name: quality(frame, rows, args.resamples, args.seed) for name, frame in shown_gts.items()}
+    rows = [r for r in rows if any(r in t for t in table.values())]
+    complete = [r for r in rows if all(r in t for t in table.values())]  # rows every ground truth could judge
     ceilings = {}
     for spec in args.seeds or ():
         name, _, path = spec.partition("=")
@@ -161,25 +167,28 @@ def main(argv: list[str] | None = None) -> dict:
                                             args.seed)
     stable, settings = worst_stability(args.stability)
     seconds = cpu_seconds(args.stability, rows)
-    mean = {r: float(np.mean([table[g][r]["tau"] for g in table])) for r in rows}
-    eligible = [r for r in rows if stable.get(r, -1.0) >= 0.8 or r in ("params", "macs", "layers", "depth")]
+    mean = {r: float(np.mean([table[g][r]["tau"] for g in table if r in table[g]])) for r in rows}
+    # a default must read every model: rows that some ground truth could not judge are shown, not chosen
+    eligible = [r for r in complete if stable.get(r, -1.0) >= 0.8 or r in ("params", "macs", "layers", "depth")]
     default = max(eligible, key=mean.get) if eligible else None
     loo = leave_one_out(table, eligible)
     best_size = {g: max(table[g][b]["tau"] for b in BASELINES if b in table[g]) for g in table}
 
-    columns = ["score", *[f"{g} tau [95% CI] (top pick)" for g in table], "mean tau", "stability (worst)",
-               "CPU s/cand"]
+    everything = {**table, **shown}
+    columns = ["score", *[f"{g}{' (not counted)' if g in shown else ''}" for g in everything], "mean tau",
+               "stability (worst)", "CPU s/cand"]
     lines = []
     for r in sorted(rows, key=lambda r: -mean[r]):
-        cells = [f"{table[g][r]['tau']:+.2f} [{table[g][r]['tau_ci'][0]:+.2f}, {table[g][r]['tau_ci'][1]:+.2f}] "
-                 f"({table[g][r]['top_pick_rank']}/{table[g][r]['n']})" for g in table]
-        lines.append([r + (" (default)" if r == default else ""), *cells, f"{mean[r]:+.3f}",
+        cells = [(f"{t[r]['tau']:+.2f} [{t[r]['tau_ci'][0]:+.2f}, {t[r]['tau_ci'][1]:+.2f}] "
+                  f"({t[r]['top_pick_rank']}/{t[r]['n']})" if r in t else "-") for t in everything.values()]
+        lines.append([r + (" (default)" if r == default else ""), *cells,
+                      f"{mean[r]:+.3f}" + ("" if r in complete else " (partial)"),
                       f"{stable[r]:+.2f}" if r in stable else "-", f"{seconds[r]:.3f}" if r in seconds else "-"])
     ceiling_row = ["noise ceiling (seed 0 vs 1)",
                    *[(f"{c['tau']:+.2f} [{c['tau_ci'][0]:+.2f}, {c['tau_ci'][1]:+.2f}] (n {c['n']})"
-                      if (c := ceilings.get(g)) else "n/a") for g in table], "", "", ""]
+                      if (c := ceilings.get(g)) else "n/a") for g in everything], "", "", ""]
     loo_row = ["leave-one-out pick", *[(f"{loo[g]['tau']:+.2f} ({loo[g]['pick']})" if g in loo else "-")
-                                       for g in table], "", "", ""]
+                                       for g in everything], "", "", ""]
     print_table("every score on every ground truth: Kendall tau vs KD accuracy", columns,
                 [*lines, ceiling_row, loo_row],
                 [f"default (best mean tau among rows stable >= 0.8 on {', '.join(settings) or 'nothing measured'}): "
@@ -189,7 +198,8 @@ def main(argv: list[str] | None = None) -> dict:
     md = ["| score | " + " | ".join(columns[1:]) + " |", "|" + "---|" * len(columns)]
     md += ["| " + " | ".join(str(c) for c in line) + " |" for line in [*lines, ceiling_row, loo_row]]
     Path(args.markdown).write_text("\n".join(md) + "\n")
-    result = {"ground_truths": {g: len(f) for g, f in gts.items()}, "table": table, "mean_tau": mean,
+    result = {"ground_truths": {g: len(f) for g, f in gts.items()}, "table": table, "shown": shown,
+              "shown_ground_truths": {g: len(f) for g, f in shown_gts.items()}, "mean_tau": mean,
               "stability_worst": stable, "stability_settings": settings, "cpu_seconds": seconds,
               "noise_ceiling": ceilings, "default": default, "leave_one_out": loo,
               "best_size_baseline": best_size, "machine": machine()}

@@ -34,7 +34,8 @@ def keep_threads():
 
 def test_proxy_speed_reports_rates_ratio_and_peak(tmp_path, capsys):
     out = tmp_path / "speed.json"
-    result = bench_proxy_speed.main([*SPEED, "--candidates", "3", "--baseline-candidates", "2", "--out", str(out)])
+    result = bench_proxy_speed.main([*SPEED, "--candidates", "3", "--baseline-candidates", "2", "--out", str(out),
+                                     "--objectives", "diswot,params+layers"])
     assert json.loads(out.read_text()) == json.loads(json.dumps(result, default=str))
     printed = capsys.readouterr().out
     for column in ("cand/s", "x DisWOT public", "% matmul peak", "autokd score only", "DisWOT public-code"):
@@ -50,14 +51,18 @@ def test_proxy_speed_reports_rates_ratio_and_peak(tmp_path, capsys):
     assert 0 < public["fraction_of_peak"] < 1
     assert result["teacher_gmacs"] == pytest.approx(0.1256, rel=0.01)  # ResNet-56: 125.5 MMACs at 32 px
 
-    rows = result["autokd_candidates"]
-    assert {"arch", "spec", "macs", "build_s", "count_s", "score_s", "reject_s", "diswot"} <= set(rows[0])
+    rows = result["objectives"]["diswot"]["candidates"]
+    assert {"arch", "spec", "macs", "build_s", "count_s", "score_s", "reject_s", "objective"} <= set(rows[0])
+    aggregate = result["objectives"]["params+layers"]
+    assert aggregate["reference_size"] == 64 and result["objectives"]["diswot"]["reference_size"] == 0
+    assert all(r["objective"] <= 0 for r in aggregate["candidates"])  # a sum of log-percentiles
+    assert aggregate["search_1000_s"] == pytest.approx(aggregate["setup_s"] + 1000 / aggregate["rate_pipeline"])
     assert {"data_s", "build_s", "teacher_s", "student_s", "diswot"} <= set(result["diswot_public_candidates"][0])
     assert all(0 < r["macs"] <= 10e6 for r in rows)
     assert len({r["arch"] for r in rows}) == 3
     assert auto["mean_gmacs"] == pytest.approx(sum(r["macs"] for r in rows) / 3e9)
-    for r in rows + result["diswot_public_candidates"]:
-        assert math.isfinite(r["diswot"]) and -6 <= r["diswot"] <= 0  # -(M_r in [0,2] + M_s in [0,4])
+    for r in [*(r["objective"] for r in rows), *(r["diswot"] for r in result["diswot_public_candidates"])]:
+        assert math.isfinite(r) and -6 <= r <= 0  # -(M_r in [0,2] + M_s in [0,4])
     # the baseline scores the same candidates as autokd (on other batches)
     assert [r["arch"] for r in result["diswot_public_candidates"]] == [r["arch"] for r in rows[:2]]
 
@@ -65,7 +70,8 @@ def test_proxy_speed_reports_rates_ratio_and_peak(tmp_path, capsys):
 def test_public_procedure_computes_autokds_distances_on_the_same_batch():
     # The baseline's full backward gives, by autograd, the classifier gradients that autokd takes in closed form
     # from one forward, and so the same scores: the speed comparison is between two ways to the same quantity.
-    ctx = prepare(SearchConfig(teacher="resnet20_cifar", budget="60M", spaces=("cifar_resnet",), batch_size=16))
+    ctx = prepare(SearchConfig(teacher="resnet20_cifar", budget="60M", spaces=("cifar_resnet",), batch_size=16,
+                               objective="diswot"))
     evaluator, batch, seed = ctx.evaluator, ctx.evaluator.batch, ctx.config.seed
     ref = evaluator.reference
     out_t, grad_t = bench_proxy_speed.grad_forward(ctx.teacher.model, batch.images, batch.labels, seed)

@@ -392,8 +392,8 @@ def test_params_and_macs_come_from_cost_or_are_measured(batch):
 
 def test_bad_input_raises_autokd_error(batch):
     ref = teacher_reference(TinyNet(), batch.images, batch.labels)
-    with pytest.raises(AutokdError, match="unknown proxy 'zen'"):
-        score_candidate(TinyNet(), batch, ref, ["diswot", "zen"])
+    with pytest.raises(AutokdError, match="unknown proxy 'nope'"):
+        score_candidate(TinyNet(), batch, ref, ["diswot", "nope"])
     other = ScoringBatch(batch.images, (batch.labels + 1) % NUM_CLASSES)
     with pytest.raises(AutokdError, match="scoring batch differs"):
         score_candidate(TinyNet(), other, ref, ["diswot"])

@@ -6,10 +6,12 @@ authors re-rank over every candidate seen so far, which makes a trial's value ch
 autokd ranks each candidate against a fixed reference sample of the space under the budget instead, so the
 value of a trial is fixed once computed and comparable across trials, workers and resumed runs:
 
-    score = sum_k log p_k,   p_k = (#ref below v_k + 0.5 * #ref equal to v_k + 1) / (N + 1)   in (0, 1]
+    score = sum_k log p_k,   p_k = (#ref below v_k + 0.5 * #ref equal to v_k + 1) / (N + 1)
 
-Scored against the population itself (the benchmarks' ground truths), this is AZ-NAS's aggregate up to the +1
-smoothing. A score that is nan for a candidate (a proxy that cannot read that model) counts as the median
+Past the best reference value p_k grows on linearly, by 1 / (N + 1) per mean gap between the top reference
+values, so that the candidates an evolution finds beyond the reference sample stay ordered instead of tying at
+p = 1. Scored against the population itself (the benchmarks' ground truths), this is AZ-NAS's aggregate up to
+the +1 smoothing. A score that is nan for a candidate (a proxy that cannot read that model) counts as the median
 (p = 0.5), so it neither rewards nor punishes the candidate.
 """
 
@@ -71,17 +73,23 @@ class RankAggregate:
         return cls(tuple(terms), reference)
 
     def percentile(self, term: str, value: float) -> float:
-        """p in (0, 1]: the share of the reference below `value` (ties count half), smoothed by +1."""
+        """p > 0: the share of the reference below `value` (ties count half), smoothed by +1; past the best
+        reference value, 1 plus the distance beyond it in mean gaps of the top values, over N + 1."""
         ref = self.reference[term]
         value = oriented(term, value)
         if np.isnan(value) or ref.size == 0:
             return 0.5
+        n = ref.size
+        if value > ref[-1]:
+            top = ref[max(0, n - 5):]
+            gap = (top[-1] - top[0]) / (len(top) - 1) if len(top) > 1 and top[-1] > top[0] else abs(top[-1]) or 1.0
+            return float(1 + (value - ref[-1]) / gap / (n + 1))
         below = np.searchsorted(ref, value, side="left")
         equal = np.searchsorted(ref, value, side="right") - below
-        return float((below + 0.5 * equal + 1) / (ref.size + 1))
+        return float((below + 0.5 * equal + 1) / (n + 1))
 
     def __call__(self, scores: Mapping[str, float]) -> float:
-        """sum over terms of log(percentile): 0 is the best possible, more negative is worse."""
+        """sum over terms of log(percentile): higher is better; 0 is a candidate at the top of every term."""
         return float(sum(np.log(self.percentile(t, scores[t])) for t in self.terms))
 
 

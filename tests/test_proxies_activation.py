@@ -19,12 +19,11 @@ from autokd.proxies.activation import (
     MECO,
     SWAP,
     ZEN,
-    gaussian_init,
     meco_layer,
     unique_patterns,
     zen_score,
 )
-from autokd.proxies.base import Probe, ScoringBatch
+from autokd.proxies.base import Probe, ScoringBatch, reinit_
 from autokd.spaces.cifar_resnet import CifarResNet
 
 NUM_CLASSES = 10
@@ -175,7 +174,7 @@ class PlainNet(nn.Module):
 
 def test_zen_score_by_hand():
     model, generator = PlainNet(), torch.Generator().manual_seed(4)
-    gaussian_init(model, generator)
+    reinit_(model, generator, "unit")
     x = torch.randn(8, 3, 8, 8, generator=generator)
     x_mix = x + 0.01 * torch.randn(8, 3, 8, 8, generator=generator)
     w1, w2 = model.conv1.weight.detach(), model.conv2.weight.detach()
@@ -199,7 +198,7 @@ def test_zen_scores_a_gaussian_copy_on_seeded_inputs():
     model, batch = PlainNet(), make_batch()
     generator = torch.Generator().manual_seed(7)
     expected_model = copy.deepcopy(model)
-    gaussian_init(expected_model, generator)
+    reinit_(expected_model, generator, "unit")
     assert float(expected_model.conv2.weight.detach().std()) == pytest.approx(1.0, abs=0.15)
     x = torch.randn(batch.images.shape, generator=generator)
     x_mix = x + 0.01 * torch.randn(batch.images.shape, generator=generator)

@@ -14,8 +14,8 @@ import torch.nn.functional as F
 
 from autokd.cost import Cost
 from autokd.errors import AutokdError
-from autokd.proxies.aznas import AZNAS, AZNAS_PROXIES, eigen_entropy, kaiming_init, rademacher
-from autokd.proxies.base import Probe, ScoringBatch
+from autokd.proxies.aznas import AZNAS, AZNAS_PROXIES, eigen_entropy, rademacher
+from autokd.proxies.base import Probe, ScoringBatch, reinit_
 from autokd.spaces.cifar_resnet import CifarResNet
 
 NUM_CLASSES = 10
@@ -80,7 +80,7 @@ def test_cnn_scores_by_hand():
     # CNNs are scored on a Kaiming-normal (fan-in) copy, drawn from the reference seed, then Rademacher vectors
     generator = torch.Generator().manual_seed(5)
     init = copy.deepcopy(model)
-    kaiming_init(init, generator)
+    reinit_(init, generator)
     w1, w2 = init.blocks[0].conv.weight.detach(), init.blocks[1].conv.weight.detach()
     assert float(w2.std()) == pytest.approx(math.sqrt(2 / 36), rel=0.3)
     with torch.no_grad():

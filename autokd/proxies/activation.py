@@ -12,7 +12,7 @@ import torch
 import torch.nn as nn
 
 from autokd.errors import AutokdError
-from autokd.proxies.base import Probe, Proxy, scoring_mode
+from autokd.proxies.base import Probe, Proxy, reinit_, scoring_mode
 
 #: SWAP's number of samples: the authors' sign patterns are over 16 images
 SWAP_SAMPLES = 16
@@ -151,19 +151,6 @@ def _activation_codes(
     return codes
 
 
-def gaussian_init(model: nn.Module, generator: torch.Generator) -> None:
-    """Zen-NAS's init, in place: N(0, 1) Conv2d and Linear weights, zero biases, BatchNorm/GroupNorm 1 and 0."""
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, (nn.Conv2d, nn.Linear)):
-                m.weight.copy_(torch.randn(m.weight.shape, generator=generator))
-                if m.bias is not None:
-                    m.bias.zero_()
-            elif isinstance(m, (nn.BatchNorm2d, nn.GroupNorm)) and m.weight is not None:
-                m.weight.fill_(1.0)
-                m.bias.zero_()
-
-
 def _zen(probe: Probe) -> dict[str, float]:
     """Zen-score (Lin et al., ICCV 2021): log E|f(x) - f(x + 0.01 x')| + sum over BN of log sqrt(mean running var).
 
@@ -188,7 +175,7 @@ def _zen(probe: Probe) -> dict[str, float]:
         )
     model = copy.deepcopy(probe.model)
     generator = torch.Generator().manual_seed(probe.ref.seed)
-    gaussian_init(model, generator)
+    reinit_(model, generator, "unit")
     shape = probe.batch.images.shape
     x = torch.randn(shape, generator=generator)
     x_mix = x + ZEN_GAMMA * torch.randn(shape, generator=generator)

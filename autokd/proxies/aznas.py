@@ -16,7 +16,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from autokd.errors import AutokdError
-from autokd.proxies.base import Probe, Proxy, blocks, scoring_mode
+from autokd.proxies.base import Probe, Proxy, blocks, reinit_, scoring_mode
 
 #: the authors' log(p + eps) in the eigen-entropy, and 1 / (sigma + eps) in trainability
 ENTROPY_EPS = 1e-8
@@ -127,20 +127,6 @@ def rademacher(like: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     return signs.to(device=like.device, dtype=like.dtype)
 
 
-def kaiming_init(model: nn.Module, generator: torch.Generator) -> None:
-    """The authors' re-init, in place: Kaiming-normal (fan-in, ReLU gain) Conv2d/Linear, zero bias, norms 1 and 0."""
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, (nn.Conv2d, nn.Linear)):
-                std = math.sqrt(2.0 / (m.weight[0].numel()))
-                m.weight.copy_(torch.randn(m.weight.shape, generator=generator) * std)
-                if m.bias is not None:
-                    m.bias.zero_()
-            elif isinstance(m, (nn.BatchNorm2d, nn.GroupNorm)) and m.weight is not None:
-                m.weight.fill_(1.0)
-                m.bias.zero_()
-
-
 def _aznas(probe: Probe) -> dict[str, float]:
     """AZ-NAS's expressivity, progressivity, trainability (higher = better each) and complexity (MACs).
 
@@ -166,7 +152,7 @@ def _aznas(probe: Probe) -> dict[str, float]:
     with torch.inference_mode(False):  # scoring may run in inference mode: the copy and input need autograd
         if any(isinstance(m, nn.Conv2d) for b in blocks(model) for m in b.modules()):
             model = copy.deepcopy(model)
-            kaiming_init(model, generator)
+            reinit_(model, generator)
         images = probe.batch.images.to(device).clone()
     with (
         scoring_mode(model, batch_stats=True, seed=probe.ref.seed),

@@ -41,6 +41,21 @@ def blocks(model: nn.Module) -> list[nn.Module]:
     return found
 
 
+def reinit_(model: nn.Module, generator: torch.Generator, scale: str = "kaiming") -> None:
+    """Re-initialise in place, from `generator`: Conv2d/Linear weights N(0, s^2) with s = sqrt(2 / fan_in)
+    ("kaiming": AZ-NAS) or 1 ("unit": Zen-NAS), zero biases, BatchNorm/GroupNorm weight 1 and bias 0."""
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, (nn.Conv2d, nn.Linear)):
+                std = (2.0 / m.weight[0].numel()) ** 0.5 if scale == "kaiming" else 1.0
+                m.weight.copy_(torch.randn(m.weight.shape, generator=generator) * std)
+                if m.bias is not None:
+                    m.bias.zero_()
+            elif isinstance(m, (nn.BatchNorm2d, nn.GroupNorm)) and m.weight is not None:
+                m.weight.fill_(1.0)
+                m.bias.zero_()
+
+
 def weight_layers(model: nn.Module) -> list[nn.Module]:
     """Conv and Linear layers whose weight is trainable, in registration (forward) order."""
     return [m for m in model.modules() if isinstance(m, WEIGHT_LAYERS) and m.weight.requires_grad]

@@ -27,6 +27,7 @@ import optuna
 import torch
 from optuna.trial import TrialState
 
+from autokd.proxies.aggregate import DEFAULT_OBJECTIVE
 from autokd.search import SearchConfig, SearchResult, run_search
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -51,6 +52,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--tournament", type=int, default=SearchConfig.tournament_size,
                    help=f"evolution tournament size (default: the search's, {SearchConfig.tournament_size})")
     p.add_argument("--timeout", type=float, default=None, help="seconds per search run (stops it early)")
+    p.add_argument("--objective", default=DEFAULT_OBJECTIVE, help="the score both samplers maximise")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--out", type=Path, default=RESULTS_DIR / f"{NAME}.json", help="where the JSON goes")
@@ -116,6 +118,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                     storage=f"sqlite:///{tmp}/{sampler}-{seed}.db", img_size=args.img_size,
                     batch_size=args.batch_size, population_size=args.population,
                     tournament_size=args.tournament, timeout=args.timeout, device=str(device),
+                    objective=args.objective,
                 )
                 result = run_search(config, progress=False)
                 ref = result.context.evaluator.reference
@@ -160,7 +163,8 @@ def summarise(runs: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def _print(result: dict[str, Any]) -> None:
-    columns = ["sampler", "seed", "trials", "wall s", "setup s", "trials/min", "best diswot", "top-10 mean",
+    objective = result["config"].get("objective", "score")
+    columns = ["sampler", "seed", "trials", "wall s", "setup s", "trials/min", f"best {objective}", "top-10 mean",
                "best @ half", "best GMACs"]
     rows = []
     for r in result["runs"]:

@@ -98,7 +98,7 @@ def test_proxy_speed_refuses_more_baseline_candidates_than_candidates(tmp_path):
 
 def test_search_benchmark_compares_evolution_with_random(tmp_path, capsys):
     out = tmp_path / "search.json"
-    result = bench_search.main([*SEARCH, "--trials", "8", "--seeds", "0", "--out", str(out)])
+    result = bench_search.main([*SEARCH, "--trials", "8", "--seeds", "0", "--objective", "diswot", "--out", str(out)])
     assert json.loads(out.read_text())["summary"] == json.loads(json.dumps(result["summary"]))
     printed = capsys.readouterr().out
     for column in ("trials/min", "best diswot", "top-10 mean", "evolution - random"):

@@ -4,6 +4,7 @@ import sys
 import pytest
 
 from autokd.cli import main
+from autokd.proxies.aggregate import DEFAULT_OBJECTIVE
 
 TINY = ["search", "--teacher", "resnet20_cifar", "--space", "cifar_resnet", "--population", "4",
         "--tournament", "2", "--batch-size", "16", "--quiet"]
@@ -55,7 +56,7 @@ def test_console_script_prints_the_leaderboard(tmp_path):
     )
     assert proc.returncode == 0, proc.stderr
     assert "synthetic" in proc.stderr  # the embedded default says it is not real images
-    assert "top 3 by diswot" in proc.stdout
+    assert f"top 3 by {DEFAULT_OBJECTIVE}" in proc.stdout
     assert f"autokd dashboard --storage sqlite:///{out}/autokd.db" in proc.stdout
     assert (out / "report.html").exists() and (out / "top" / "3.yaml").exists()
 

@@ -13,7 +13,7 @@ from autokd.spaces import load_space
 
 # A tiny teacher on 32 px synthetic data: the whole search runs in seconds.
 TINY = dict(teacher="resnet20_cifar", budget="25M", spaces=("cifar_resnet",), population_size=6,
-            tournament_size=3, batch_size=32)
+            tournament_size=3, batch_size=32, objective="diswot")
 
 
 def config(tmp_path, **kw) -> SearchConfig:

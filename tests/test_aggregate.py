@@ -76,3 +76,18 @@ def test_search_with_an_aggregate_objective(tmp_path):
         assert t.value == pytest.approx(ranking({"params": t.user_attrs["params"], "layers": t.user_attrs["layers"]}))
         assert t.user_attrs["params+layers"] == t.value
     assert result.study.user_attrs["autokd"]["reference_size"] == 16
+
+
+def test_the_default_search_skips_the_teacher_forward_and_ranks_by_its_aggregate(tmp_path, monkeypatch):
+    import autokd.search.controller as controller
+
+    calls = []
+    monkeypatch.setattr(controller, "teacher_references", lambda *a: calls.append(1))
+    config = SearchConfig(teacher="resnet20_cifar", budget="25M", spaces=("cifar_resnet",), population_size=4,
+                          tournament_size=2, batch_size=16, trials=5, reference_size=8,
+                          storage=f"sqlite:///{tmp_path}/s.db")
+    result = run_search(config, progress=False)
+    assert calls == []  # params and SynFlow do not read the teacher
+    assert result.context.ranking.terms == tuple(config.objective.split("+"))
+    for t in result.study.get_trials(states=(TrialState.COMPLETE,)):
+        assert t.value == pytest.approx(result.context.objective_value(t.user_attrs))

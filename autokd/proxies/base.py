@@ -228,6 +228,7 @@ class Proxy:
     score: Callable[[Probe], dict[str, float]]
     outputs: tuple[str, ...]
     reads_activation_codes: bool = False
+    reads_teacher: bool = False  # needs the teacher's reference (the search skips the teacher's forward otherwise)
 
     def __call__(self, probe: Probe) -> dict[str, float]:
         return self.score(probe)

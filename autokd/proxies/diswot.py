@@ -122,6 +122,9 @@ def diswot_distances(
     ref: TeacherReference,
 ) -> tuple[float, float]:
     """(M_r, M_s) of a student's forward outputs on the scoring batch against the teacher reference."""
+    if not ref.has_teacher:
+        raise AutokdError("'diswot' compares students with the teacher, but this reference was made without it: "
+                          "build it with teacher_reference(teacher, images, labels)")
     if logits.shape[1] != ref.num_classes:
         raise AutokdError(
             f"student has {logits.shape[1]} classes but the teacher has {ref.num_classes}: "
@@ -158,4 +161,4 @@ def _diswot(probe: Probe) -> dict[str, float]:
     return {"diswot": 0.0 - (m_r + m_s), "diswot_relation": m_r, "diswot_semantic": m_s}
 
 
-DISWOT = Proxy("diswot", _diswot, outputs=("diswot", "diswot_relation", "diswot_semantic"))
+DISWOT = Proxy("diswot", _diswot, outputs=("diswot", "diswot_relation", "diswot_semantic"), reads_teacher=True)

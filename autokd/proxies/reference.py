@@ -25,8 +25,8 @@ class TeacherReference:
     `dataclasses.replace`, without rerunning the teacher.
     """
 
-    relation: torch.Tensor  # (B, B) row-normalised Gram of the teacher's `relation_layer` outputs
-    grad: torch.Tensor  # (K, C_t) gradient of mean cross-entropy w.r.t. the teacher's classifier weight
+    relation: torch.Tensor | None  # (B, B) row-normalised Gram of the teacher's `relation_layer` outputs
+    grad: torch.Tensor | None  # (K, C_t) gradient of mean cross-entropy w.r.t. the teacher's classifier weight
     labels: torch.Tensor  # (B,) the scoring batch's labels, to check that students see the same batch
     seed: int = 0
     width_match: str = "projection"
@@ -41,6 +41,15 @@ class TeacherReference:
         if self.relation_layer not in RELATION_LAYERS:
             layers = ", ".join(RELATION_LAYERS)
             raise AutokdError(f"unknown relation_layer {self.relation_layer!r}: use one of {layers}")
+
+    @classmethod
+    def without_teacher(cls, labels: torch.Tensor, seed: int = 0) -> TeacherReference:
+        """The batch's labels and seed only, for searches whose scores do not read the teacher (no forward)."""
+        return cls(None, None, labels.detach().cpu().clone(), seed)
+
+    @property
+    def has_teacher(self) -> bool:
+        return self.grad is not None
 
     @property
     def batch_size(self) -> int:

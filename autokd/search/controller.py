@@ -23,6 +23,7 @@ from autokd.proxies import (
     RELATION_LAYERS,
     WIDTH_MATCHES,
     ScoringBatch,
+    TeacherReference,
     random_copy,
     teacher_reference,
 )
@@ -199,17 +200,11 @@ def prepare(config: SearchConfig) -> SearchContext:
                                    val_fraction=config.val_fraction)
     batches = [ScoringBatch(x.to(device), y.to(device))
                for x, y in zip(images.split(batch_size), labels.split(batch_size)) if len(y) >= 2]
-    # DisWOT scores against a randomly initialised teacher, as the paper does; on the CIFAR-10 ground truth this
-    # ranked distilled accuracy better than the trained teacher (README). The trained teacher is kept for training.
-    random_teacher = config.score_teacher == "random" or not teacher.pretrained
-    scorer = random_copy(teacher.model, config.seed) if random_teacher and teacher.pretrained else teacher.model
-    scorer.to(device)
-    # A random teacher's BatchNorm running statistics mean nothing: score it on batch statistics, as the paper.
-    references = [teacher_reference(scorer, b.images, b.labels, seed=config.seed, width_match=config.width_match,
-                                    batch_stats=random_teacher, relation_layer=config.relation_layer)
-                  for b in batches]
-    scorer.to("cpu")
     proxies = list(dict.fromkeys([*config.proxies, *objective_proxies(config.objective), "params", "macs"]))
+    if any(PROXIES[p].reads_teacher for p in proxies):
+        references = teacher_references(teacher, batches, config, device)
+    else:  # no score reads the teacher: its forward pass is skipped
+        references = [TeacherReference.without_teacher(b.labels, config.seed) for b in batches]
     evaluator = CandidateEvaluator(spaces, budget, len(data.classes), batches, references, proxies, device,
                                    config.seed)
 
@@ -234,6 +229,22 @@ def prepare(config: SearchConfig) -> SearchContext:
         ranking = RankAggregate.fit(aggregate_terms(config.objective), [evaluator.score(s) for s in sample])
     return SearchContext(config, budget, teacher, reachable, evaluator, SpecCodec(reachable), data.name, data,
                          notes, ranking)
+
+
+def teacher_references(teacher: Teacher, batches: list[ScoringBatch], config: SearchConfig,
+                       device: torch.device) -> list[TeacherReference]:
+    """The teacher's side of DisWOT on each scoring batch, computed once per search."""
+    # DisWOT scores against a randomly initialised teacher, as the paper does; on the CIFAR-10 ground truth this
+    # ranked distilled accuracy better than the trained teacher (README). The trained teacher is kept for training.
+    random_teacher = config.score_teacher == "random" or not teacher.pretrained
+    scorer = random_copy(teacher.model, config.seed) if random_teacher and teacher.pretrained else teacher.model
+    scorer.to(device)
+    # A random teacher's BatchNorm running statistics mean nothing: score it on batch statistics, as the paper.
+    references = [teacher_reference(scorer, b.images, b.labels, seed=config.seed, width_match=config.width_match,
+                                    batch_stats=random_teacher, relation_layer=config.relation_layer)
+                  for b in batches]
+    scorer.to("cpu")
+    return references
 
 
 def make_sampler(ctx: SearchContext, worker: int = 0) -> optuna.samplers.BaseSampler:

@@ -46,8 +46,8 @@ def add_search_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--objective",
                    help="the score the search maximises (default: the best measured ranking, see the README): one "
                         "score, or several joined by '+' (their log-rank sum, AZ-NAS style), or aznas")
-    p.add_argument("--reference-size", type=int, default=64,
-                   help="random specs under the budget that an aggregate objective ranks against (default 64)")
+    p.add_argument("--reference-size", type=int, default=32,
+                   help="random specs under the budget that an aggregate objective ranks against (default 32)")
     p.add_argument("--score-teacher", default="random", choices=("random", "trained"),
                    help="DisWOT scores against a randomly initialised copy of the teacher (default, as the paper) "
                         "or the trained teacher")

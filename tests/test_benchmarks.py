@@ -54,7 +54,7 @@ def test_proxy_speed_reports_rates_ratio_and_peak(tmp_path, capsys):
     rows = result["objectives"]["diswot"]["candidates"]
     assert {"arch", "spec", "macs", "build_s", "count_s", "score_s", "reject_s", "objective"} <= set(rows[0])
     aggregate = result["objectives"]["params+layers"]
-    assert aggregate["reference_size"] == 64 and result["objectives"]["diswot"]["reference_size"] == 0
+    assert aggregate["reference_size"] == 32 and result["objectives"]["diswot"]["reference_size"] == 0
     assert all(r["objective"] <= 0 for r in aggregate["candidates"])  # a sum of log-percentiles
     assert aggregate["search_1000_s"] == pytest.approx(aggregate["setup_s"] + 1000 / aggregate["rate_pipeline"])
     assert {"data_s", "build_s", "teacher_s", "student_s", "diswot"} <= set(result["diswot_public_candidates"][0])

@@ -67,7 +67,7 @@ class SearchConfig:
     score_batches: int = 1
     proxies: tuple[str, ...] = ()  # scores recorded beside those the objective needs
     objective: str = DEFAULT_OBJECTIVE
-    reference_size: int = 64  # specs an aggregate objective ranks each candidate against
+    reference_size: int = 32  # specs an aggregate objective ranks each candidate against
     width_match: str = "projection"
     relation_layer: str = "features"
     score_teacher: str = "random"

@@ -162,7 +162,7 @@ def test_diswot_scores_against_a_random_copy_of_a_trained_teacher_by_default(fol
     from autokd.search import prepare
 
     base = dict(teacher="resnet20_cifar", teacher_weights=str(weights), data=str(folder), budget="30M",
-                spaces=("cifar_resnet",), batch_size=10)
+                spaces=("cifar_resnet",), batch_size=10, objective="diswot")
     default, trained = prepare(SearchConfig(**base)), prepare(SearchConfig(**base, score_teacher="trained"))
     assert default.teacher.pretrained and trained.teacher.pretrained  # training still gets the trained teacher
     assert not torch.equal(default.evaluator.reference.grad, trained.evaluator.reference.grad)

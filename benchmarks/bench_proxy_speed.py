@@ -55,7 +55,7 @@ from common import (  # noqa: E402
 )
 
 NAME = "proxy_speed"
-RATE_TARGET = 2.0  # candidates/s, full pipeline, vit_b teacher, 1 GMAC, batch 32, CPU (issue 2)
+RATE_TARGET = 2.0  # candidates/s, full pipeline, vit_b teacher, 1 GMAC, batch 32, CPU
 RATIO_TARGET = 10.0  # autokd vs DisWOT's public per-candidate procedure
 
 

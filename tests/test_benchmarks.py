@@ -1,4 +1,4 @@
-"""The two benchmarks of issue 2 in tiny configurations: they run, and their tables and JSON hold sane numbers."""
+"""The speed and search benchmarks in tiny configurations: they run, and their tables and JSON hold sane numbers."""
 
 import json
 import math

@@ -14,9 +14,9 @@ GPU (small models share one GPU well; several processes at once):
     python benchmarks/build_ground_truth.py --device cuda --workers 6 --students 48 --vit-students 24 \
         --epochs 30 --seeds 2 --finetune-epochs 15
 CPU (a subset of the training split, few epochs; the note column says so), the committed ground truth:
-    python benchmarks/build_ground_truth.py --device cpu --workers 1 --threads 1 --students 42 --vit-students 21 \
-        --budgets 12M,25M,50M --recipe auto --kinds kd --seeds 2 --epochs 10 --subset 5000 --test-subset 2000 \
-        --finetune-epochs 2 --teacher-cache --out benchmarks/results/gt_cifar10_v2.csv
+    python benchmarks/build_ground_truth.py --device cpu --workers 2 --threads 1 --students 42 --vit-students 21 \
+        --budgets 12M,25M,50M --recipe auto --kinds kd --seeds 2 --epochs 4 --subset 4000 --test-subset 2000 \
+        --finetune-epochs 2 --teacher-cache --runs runs/gt_cifar10_v2 --out benchmarks/results/gt_cifar10_v2.csv
 """
 
 from __future__ import annotations

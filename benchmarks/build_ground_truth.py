@@ -12,7 +12,7 @@ partial run already gives seed pairs spread over the MACs range.
 
 GPU (small models share one GPU well; several processes at once):
     python benchmarks/build_ground_truth.py --device cuda --workers 6 --students 48 --vit-students 24 \
-        --epochs 30 --seeds 2 --finetune-epochs 15
+        --budgets 12M,25M,50M --recipe auto --epochs 30 --seeds 2 --finetune-epochs 15 --teacher-cache
 CPU (a subset of the training split, few epochs; the note column says so), the committed ground truth:
     python benchmarks/build_ground_truth.py --device cpu --workers 2 --threads 1 --students 42 --vit-students 21 \
         --budgets 12M,25M,50M --recipe auto --kinds kd --seeds 2 --epochs 4 --subset 4000 --test-subset 2000 \

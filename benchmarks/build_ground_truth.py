@@ -6,8 +6,9 @@ by MACs (log-spaced bins), then trains each one per seed: distilled from the CIF
 when `--kinds` has cls, without KD (cls_acc, the same recipe with cross-entropy only). `--recipe auto` gives each
 family its own recipe (`--cnn-recipe`, `--vit-recipe`). Writes one row per student and seed to
 benchmarks/results/gt_cifar10.csv: spec (autokd JSON), macs, params, kd_acc, cls_acc, seed, epochs, device, note.
-Runs resume: a finished training (results.json) is reused, an interrupted one continues from its last.pt; the
-CSV is rewritten as trainings finish. Jobs run student by student, every seed of one student together, so a
+Runs resume: a training the CSV already holds is not run again (so a fresh checkout resumes from the committed
+CSV), a finished one in the run folders (results.json) is reused, an interrupted one continues from its last.pt;
+the CSV is rewritten as trainings finish. Jobs run student by student, every seed of one student together, so a
 partial run already gives seed pairs spread over the MACs range.
 
 GPU (small models share one GPU well; several processes at once):
@@ -22,6 +23,7 @@ CPU (a subset of the training split, few epochs; the note column says so), the c
 from __future__ import annotations
 
 import argparse
+import functools
 import hashlib
 import logging
 import os
@@ -163,6 +165,27 @@ def teacher_weights(args: argparse.Namespace) -> str | None:
     return str(folder / "best.pt")
 
 
+def recorded(out: Path, spec_json: str, kind: str, seed: int) -> dict | None:
+    """A training that `out` (the ground-truth CSV) already holds, as `train_one` returns it; None if absent."""
+    if not out.is_file():
+        return None
+    frame = _read_rows(str(out), out.stat().st_mtime)
+    row = frame[(frame["spec"] == spec_json) & (frame["seed"] == seed)]
+    column = "kd_acc" if kind == "kd" else "cls_acc"
+    if row.empty or pd.isna(row.iloc[0][column]):
+        return None
+    r = row.iloc[0]
+    best, seconds = ("kd_best", "seconds") if kind == "kd" else ("cls_best", "seconds_cls")
+    return {"spec": spec_json, "kind": kind, "seed": seed, "top1": float(r[column]), "best_top1": float(r[best]),
+            "macs": int(r["macs"]), "params": int(r["params"]), "epochs": int(r["epochs"]), "device": r["device"],
+            "teacher_top1": r["teacher_top1"], "seconds": float(r[seconds])}
+
+
+@functools.lru_cache(maxsize=2)
+def _read_rows(path: str, mtime: float) -> pd.DataFrame:
+    return pd.read_csv(path)
+
+
 def _teacher_top1(args: argparse.Namespace) -> float | None:
     """The fine-tuned teacher's top-1 on the eval split (from its run), else None."""
     from autokd.train import TrainResult
@@ -258,7 +281,8 @@ def main(argv: list[str] | None = None) -> Path:
           f"{args.workers} worker(s); {note}", flush=True)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    results: list[dict] = []
+    results = [r for job in jobs if (r := recorded(out, *job)) is not None]  # the CSV resumes without run folders
+    jobs = [job for job in jobs if recorded(out, *job) is None]
     start = time.perf_counter()
     with ProcessPoolExecutor(args.workers, mp_context=get_context("spawn"), initializer=_init_worker,
                              initargs=(args, weights)) as pool:

@@ -190,7 +190,7 @@ def _autokd_step(teacher: Teacher, student_name: str, img: int, images, labels, 
     info = DistInfo(0, 1, 0, device)
     student = Student(_student(student_name, img), student_name)
     trainer = Trainer(student, teacher, data, recipe, out, info, options)
-    trainer.trainable.train()
+    trainer.students[0].trainable.train()
     if cache:
         trainer.cache.prepare(0, create=True)
     x = images.contiguous(memory_format=torch.channels_last) if device.type == "cuda" else images

@@ -9,7 +9,7 @@ from autokd.recipes import Recipe, topk_to_probs
 from autokd.spaces.cifar_resnet import CifarResNet
 from autokd.teachers import Teacher
 from autokd.train import SeededViews, TeacherCache, derive_seed, seeded_rng, topk_targets, train_student
-from autokd.train.loop import _train_transform
+from autokd.train.inputs import Inputs, recipe_transform
 
 
 def tiny(num_classes=5, seed=0):
@@ -37,7 +37,7 @@ def cached_recipe(preset="kd", **changes):
 
 
 def test_views_replay_from_the_seed_and_leave_the_global_rngs_alone(data):
-    transform = _train_transform("standard", 32, IMAGENET_MEAN, IMAGENET_STD, 1.0, "bilinear")
+    transform = recipe_transform("standard", Inputs(32, IMAGENET_MEAN, IMAGENET_STD, 1.0, "bilinear"))
     views = SeededViews(data.train, range(len(data.train)), transform, seed=3)
     torch.manual_seed(11)
     random.seed(11)
@@ -68,7 +68,7 @@ def test_topk_rebuild_is_exact_when_k_covers_all_classes():
 
 def test_cached_soft_targets_equal_the_live_teachers_on_the_same_views(data, teacher, tmp_path):
     recipe = cached_recipe()
-    result = train_student(tiny(), teacher, data, recipe, tmp_path / "run", cache_dir=tmp_path / "cache",
+    result = train_student(tiny(), teacher, data, recipe, tmp_path / "run", cache_dir=tmp_path / "cache", heldout=0,
                            cache_topk=3, progress=False)
     usage = result.cache
     steps = 2 * (96 // 16)
@@ -79,7 +79,7 @@ def test_cached_soft_targets_equal_the_live_teachers_on_the_same_views(data, tea
     assert usage["disk_bytes"] == sum(f.stat().st_size for f in files) > 2 * 96 * usage["bytes_per_sample"]
 
     cache = TeacherCache(files[0].parent, 96, 5, 3, {})
-    transform = _train_transform("standard", 32, teacher.mean, teacher.std, 1.0, "bilinear")
+    transform = recipe_transform("standard", Inputs(32, tuple(teacher.mean), tuple(teacher.std), 1.0, "bilinear"))
     views = SeededViews(data.train, range(96), transform, seed=0)
     for epoch in (0, 1):
         indices = np.arange(96)
@@ -97,23 +97,23 @@ def test_cached_soft_targets_equal_the_live_teachers_on_the_same_views(data, tea
 
 def test_later_runs_reuse_the_cache_for_other_students_and_recipes(data, teacher, tmp_path):
     first = train_student(tiny(seed=1), teacher, data, cached_recipe("kd"), tmp_path / "a",
-                          cache_dir=tmp_path / "cache", progress=False)
+                          cache_dir=tmp_path / "cache", heldout=0, progress=False)
     second = train_student(tiny(seed=2), teacher, data, cached_recipe("dkd"), tmp_path / "b",
-                           cache_dir=tmp_path / "cache", progress=False)
+                           cache_dir=tmp_path / "cache", heldout=0, progress=False)
     assert first.cache["folder"] == second.cache["folder"]
     assert second.cache["misses"] == 0 and second.cache["hits"] == 2 * 96
     # another augmentation seed is another set of views: a new cache
     third = train_student(tiny(seed=2), teacher, data, cached_recipe("kd", epochs=1), tmp_path / "c", seed=1,
-                          cache_dir=tmp_path / "cache", progress=False)
+                          cache_dir=tmp_path / "cache", heldout=0, progress=False)
     assert third.cache["folder"] != first.cache["folder"] and third.cache["hits"] == 0
 
 
 def test_a_warm_cache_trains_exactly_as_a_cold_one(data, teacher, tmp_path):
     recipe = cached_recipe("kd", epochs=1)
     cold, warm = tiny(seed=4), tiny(seed=4)
-    train_student(cold, teacher, data, recipe, tmp_path / "cold", cache_dir=tmp_path / "cache",
+    train_student(cold, teacher, data, recipe, tmp_path / "cold", cache_dir=tmp_path / "cache", heldout=0,
                   progress=False)
-    result = train_student(warm, teacher, data, recipe, tmp_path / "warm", cache_dir=tmp_path / "cache",
+    result = train_student(warm, teacher, data, recipe, tmp_path / "warm", cache_dir=tmp_path / "cache", heldout=0,
                            progress=False)
     assert result.cache["misses"] == 0
     for a, b in zip(cold.state_dict().values(), warm.state_dict().values()):
@@ -122,13 +122,13 @@ def test_a_warm_cache_trains_exactly_as_a_cold_one(data, teacher, tmp_path):
 
 def test_cache_turns_mixup_off_and_says_so(data, teacher, tmp_path):
     recipe = cached_recipe("kd", epochs=1, mixup=0.8)
-    result = train_student(tiny(), teacher, data, recipe, tmp_path / "run", cache_dir=tmp_path / "cache",
+    result = train_student(tiny(), teacher, data, recipe, tmp_path / "run", cache_dir=tmp_path / "cache", heldout=0,
                            max_steps=1, progress=False)
     assert any("mixup/cutmix are off with the teacher cache" in note for note in result.notes)
 
 
 def test_without_augmentation_every_epoch_reuses_the_first_epochs_rows(data, teacher, tmp_path):
     recipe = cached_recipe("kd", epochs=3, augmentation="none")
-    result = train_student(tiny(), teacher, data, recipe, tmp_path / "run", cache_dir=tmp_path / "cache",
+    result = train_student(tiny(), teacher, data, recipe, tmp_path / "run", cache_dir=tmp_path / "cache", heldout=0,
                            progress=False)
     assert (result.cache["misses"], result.cache["hits"], result.cache["epochs_on_disk"]) == (96, 2 * 96, 1)

@@ -70,8 +70,9 @@ def test_kd_run_writes_results_and_loadable_checkpoints(data, trained_teacher, t
     assert saved["top1"] == result.top1 and saved["epochs"] == 2 and saved["eval_split"] == "test"
     assert saved["eval_images"] == 64 and saved["world_size"] == 1 and saved["stopped"] is None
     assert len(saved["history"]) == 2 and [h["epoch"] for h in saved["history"]] == [1, 2]
-    assert result.top1 == result.history[-1]["top1"]
-    assert result.best_top1 == max(h["top1"] for h in result.history)
+    assert "top1" not in result.history[-1]  # the test split is read once, after the last epoch
+    assert result.heldout_top1 == result.history[-1]["heldout_top1"] and result.heldout_images == 20
+    assert result.best_top1 == max(h["heldout_top1"] for h in result.history)  # best.pt: held-out choice
     assert result.top1 > 40.0  # learnt something in 2 epochs
     assert result.teacher_top1 > 60.0
     assert result.macs == count_macs(tiny(), 32) and result.params == count_params(student)
@@ -83,21 +84,20 @@ def test_kd_run_writes_results_and_loadable_checkpoints(data, trained_teacher, t
         fresh.load_state_dict(state["model"])
     last = torch.load(tmp_path / "last.pt", weights_only=True)
     assert torch.equal(last["model"]["linear.weight"], student.linear.weight.detach())
-    assert last["epoch"] == 2 and last["global_step"] == 2 * (192 // 16)
+    assert last["epoch"] == 2 and last["global_step"] == 2 * ((192 - 20) // 16)  # 20 held out
     best = torch.load(tmp_path / "best.pt", weights_only=True)
     assert best["top1"] == result.best_top1 and best["epoch"] == result.best_epoch
     assert not list(tmp_path.glob(".*tmp*"))  # no temporary file left behind
 
 
 def test_teacher_accuracy_is_measured_on_the_same_split(data, trained_teacher, tmp_path):
-    from autokd.train import evaluate
-    from autokd.train.loop import Trainer
+    from autokd.train import Trainer, evaluate
 
     trainer = Trainer(tiny(), trained_teacher, data, small_recipe("kd"), tmp_path, CPU)
-    direct = evaluate(trained_teacher.model, trainer.eval_loader, CPU)
+    direct = evaluate(trained_teacher.model, trainer.test_loader, CPU)
     meter = ClassificationMeter()
     with torch.no_grad():
-        for images, labels in trainer.eval_loader:
+        for images, labels in trainer.test_loader:
             meter.update(trained_teacher.model(images), labels)
     assert direct.top1 == meter.result().top1 and direct.count == 64
 
@@ -349,8 +349,7 @@ def test_finetuning_uses_the_teachers_own_inputs(monkeypatch, tmp_path, weights)
 
     from autokd.recipes import Recipe
     from autokd.teachers import resolve_teacher
-    from autokd.train import finetune
-    from autokd.train.loop import Inputs
+    from autokd.train import Inputs, finetune
 
     teacher = resolve_teacher("resnet20_cifar", 10, weights=str(weights))
     teacher = dataclasses.replace(teacher, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))  # not the ImageNet default
@@ -359,3 +358,31 @@ def test_finetuning_uses_the_teachers_own_inputs(monkeypatch, tmp_path, weights)
     finetune.finetune_teacher(teacher, synthetic_dataset(train_size=20, test_size=10), Recipe.load("none"),
                               tmp_path / "ft")
     assert seen["inputs"] == Inputs.of(teacher) and seen["inputs"].mean == (0.5, 0.5, 0.5)
+
+
+def test_students_trained_together_end_as_each_trained_alone(data, trained_teacher, tmp_path):
+    from autokd.train import train_students
+
+    recipe = small_recipe("kd", augmentation="standard")
+    together = [tiny(seed=5), tiny(seed=6), CifarResNet(depths=(2, 1, 1), widths=(8, 8, 16), num_classes=4)]
+    alone = [tiny(seed=5), tiny(seed=6), CifarResNet(depths=(2, 1, 1), widths=(8, 8, 16), num_classes=4)]
+    alone[2].load_state_dict(together[2].state_dict())
+    results = train_students(together, trained_teacher, data, recipe, [tmp_path / f"k{i}" for i in range(3)],
+                             progress=False)
+    for i, model in enumerate(alone):
+        single = train_student(model, trained_teacher, data, recipe, tmp_path / f"one{i}", progress=False)
+        for (name, a), b in zip(together[i].state_dict().items(), model.state_dict().values()):
+            assert torch.equal(a, b), (i, name)
+        assert results[i].top1 == single.top1 and results[i].history == [
+            {**h, "images_per_second": results[i].history[j]["images_per_second"]}
+            for j, h in enumerate(single.history)]
+        assert results[i].students_together == 3 and single.students_together == 1
+        assert json.loads((tmp_path / f"k{i}" / "results.json").read_text())["top1"] == single.top1
+
+
+def test_students_together_need_one_folder_each(data, trained_teacher, tmp_path):
+    from autokd.train import train_students
+
+    with pytest.raises(AutokdError, match="one distinct output folder per student"):
+        train_students([tiny(), tiny()], trained_teacher, data, small_recipe("kd"), [tmp_path, tmp_path],
+                       progress=False)

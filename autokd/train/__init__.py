@@ -2,10 +2,12 @@
 
 from autokd.train.cache import TeacherCache, teacher_fingerprint, topk_targets
 from autokd.train.checkpoint import atomic_save, load_checkpoint
+from autokd.train.distill import no_kd, train_student, train_students
 from autokd.train.finetune import finetune_teacher
-from autokd.train.loop import Batch, Trainer, TrainOptions, no_kd, train_student
+from autokd.train.inputs import Inputs
 from autokd.train.metrics import ClassificationMeter, Metrics, evaluate
 from autokd.train.results import TrainResult, record_in_study
+from autokd.train.step import Batch
 from autokd.train.students import (
     Student,
     build_from_spec,
@@ -15,12 +17,14 @@ from autokd.train.students import (
     student_from_yaml,
     student_space,
 )
+from autokd.train.trainer import Trainer, TrainOptions
 from autokd.train.views import EpochSampler, SeededViews, derive_seed, seeded_rng
 
 __all__ = [
     "Batch",
     "ClassificationMeter",
     "EpochSampler",
+    "Inputs",
     "Metrics",
     "SeededViews",
     "Student",
@@ -45,4 +49,5 @@ __all__ = [
     "teacher_fingerprint",
     "topk_targets",
     "train_student",
+    "train_students",
 ]

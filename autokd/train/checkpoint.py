@@ -92,3 +92,10 @@ def _to_plain(value: Any) -> Any:
 
 def _to_tuple(value: Any) -> Any:
     return tuple(_to_tuple(v) for v in value) if isinstance(value, list) else value
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and torch (all devices): mixup, dropout and the loss's own init follow `seed`."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)

@@ -8,7 +8,8 @@ from autokd.data import ImageDataset
 from autokd.errors import AutokdError
 from autokd.recipes import Recipe
 from autokd.teachers import Teacher
-from autokd.train.loop import Inputs, train_student
+from autokd.train.distill import train_student
+from autokd.train.inputs import Inputs
 from autokd.train.results import TrainResult
 from autokd.train.students import Student
 

@@ -17,8 +17,10 @@ log = logging.getLogger("autokd")
 class TrainResult:
     """Accuracy (percent), calibration, cost and speed of a trained student, and where its checkpoints are.
 
-    `top1`/`top5`/`ece` are the last epoch's, on `eval_split` ('test', or 'heldout' of train when the data
-    has no test split); `best_top1` is the best epoch's. `gain` is top1 minus the no-KD baseline's top1.
+    `top1`/`top5`/`ece` are the final student's on `eval_split` ('test', read once after the last epoch; or
+    'heldout' of train when the data has no test split); nan for a run stopped early. `best_top1` is the best
+    epoch's held-out top-1, the epoch that best.pt holds (nan without a held-out split: no selection).
+    `heldout_top1` is the last epoch's held-out figure. `gain` is top1 minus the no-KD baseline's top1.
     """
 
     top1: float
@@ -49,6 +51,9 @@ class TrainResult:
     cache: dict[str, Any] | None = None
     notes: list[str] = field(default_factory=list)
     history: list[dict[str, Any]] = field(default_factory=list)
+    heldout_top1: float | None = None
+    heldout_images: int = 0
+    students_together: int = 1
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -56,7 +61,7 @@ class TrainResult:
     def summary(self) -> dict[str, Any]:
         """The headline numbers (what goes into a study's user_attrs)."""
         keys = ("top1", "top5", "ece", "best_top1", "teacher_top1", "macs", "params", "latency_ms", "epochs",
-                "images_per_second", "eval_split", "baseline_top1", "gain", "stopped")
+                "images_per_second", "eval_split", "heldout_top1", "baseline_top1", "gain", "stopped")
         return {k: getattr(self, k) for k in keys} | {"recipe": self.recipe.get("loss"),
                                                        "checkpoint": self.best_checkpoint}
 

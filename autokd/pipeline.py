@@ -22,11 +22,11 @@ import torch
 
 from autokd.data import load_data
 from autokd.errors import AutokdError
+from autokd.io import write_csv, write_json, write_text
 from autokd.recipes import CNN_SPACES, Recipe, default_recipe, load_recipe
 from autokd.report import leaderboard
 from autokd.search import SearchConfig, SearchResult, run_search
 from autokd.train import TrainResult, student_from_trial, train_student
-from autokd.train.results import write_json
 
 log = logging.getLogger("autokd")
 
@@ -133,7 +133,7 @@ def run_pipeline(
 
     complete = len(results) == len(chosen) and all(r.stopped is None for r in results.values())
     trained = trained_frame(chosen, results, config.objective)
-    trained.to_csv(out / "trained.csv", index=False)
+    write_csv(out / "trained.csv", trained)
     append_report(out / "report.html", trained, config.objective)
     if complete:
         study.set_user_attr("stage/report", "done")
@@ -203,4 +203,4 @@ def append_report(path: Path, trained: pd.DataFrame, objective: str) -> None:
         text = text.replace("<h2>Leaderboard</h2>", section + "<h2>Leaderboard</h2>", 1)
     else:
         text = text.replace("</body>", section + "</body>", 1)
-    path.write_text(text)
+    write_text(path, text)

@@ -25,6 +25,7 @@ from scipy import stats
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import RESULTS_DIR, machine, print_table, write_json  # noqa: E402
 
+from autokd.io import write_csv  # noqa: E402
 from autokd.proxies.aggregate import aggregate_terms, oriented, population_aggregate  # noqa: E402
 from autokd.spaces import ArchSpec  # noqa: E402
 
@@ -281,7 +282,7 @@ def main(argv: list[str] | None = None) -> dict:
     frame = add_combinations(frame)
     frame["space"] = [ArchSpec.from_json(spec).space for spec in frame["spec"]]
     if args.scores_out:
-        frame.to_csv(args.scores_out, index=False)
+        write_csv(args.scores_out, frame)
     proxies = [*score_keys(frame), *(c for c in COMBINATIONS if c in frame.columns)]
     quality = report(frame, proxies, args, "proxy quality: rank correlation with trained accuracy", unavailable)
     by_space = {}

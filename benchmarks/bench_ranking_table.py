@@ -43,6 +43,8 @@ from bench_proxy_quality import (  # noqa: E402
 )
 from common import RESULTS_DIR, machine, print_table, write_json  # noqa: E402
 
+from autokd.io import write_text  # noqa: E402
+
 BASELINES = ("params", "macs")
 SPEED_LIMIT_S = 1.0
 MIN_SPECS = 8
@@ -208,7 +210,7 @@ def main(argv: list[str] | None = None) -> dict:
                  f"beats the better of params and MACs by >= +0.05 on: {goal}"])
     md = ["| score | " + " | ".join(columns[1:]) + " |", "|" + "---|" * len(columns)]
     md += ["| " + " | ".join(str(c) for c in line) + " |" for line in [*lines, ceiling_row, loo_row]]
-    Path(args.markdown).write_text("\n".join(md) + "\n")
+    write_text(args.markdown, "\n".join(md) + "\n")
     result = {"ground_truths": {g: len(f) for g, f in gts.items()}, "table": table, "shown": shown,
               "eligible": eligible, "speed_limit_s": SPEED_LIMIT_S,
               "shown_ground_truths": {g: len(f) for g, f in shown_gts.items()}, "mean_tau": mean,

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import platform
 import sys
@@ -15,6 +14,8 @@ from typing import Any
 import torch
 from rich.console import Console
 from rich.table import Table
+
+from autokd import io as autokd_io
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 NOISE_NOTE = ("timings on a shared machine are noisy: compare the ratios within one run, not absolute numbers "
@@ -115,6 +116,4 @@ def print_table(title: str, columns: list[str], rows: list[list[Any]], notes: li
 
 
 def write_json(result: dict[str, Any], path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(result, indent=2, default=str) + "\n")
-    return path
+    return autokd_io.write_json(path, result)

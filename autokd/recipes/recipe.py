@@ -16,6 +16,7 @@ from typing import Any
 import yaml
 
 from autokd.errors import AutokdError
+from autokd.io import write_text
 
 #: logit losses and their parameters with defaults (the loss-ramp `warmup_epochs` of DKD is in epochs)
 LOSS_PARAMS: dict[str, dict[str, float]] = {
@@ -152,7 +153,7 @@ class Recipe:
     def save(self, path: str | Path) -> None:
         """Write as YAML, or as JSON when the suffix is .json."""
         path = Path(path)
-        path.write_text(self.to_json() if path.suffix == ".json" else self.to_yaml())
+        write_text(path, self.to_json() if path.suffix == ".json" else self.to_yaml())
 
     @classmethod
     def load(cls, source: str | Path) -> Recipe:

@@ -10,6 +10,8 @@ import plotly.express as px
 import plotly.graph_objects as go
 import plotly.io as pio
 
+from autokd.io import write_text
+
 NON_SCORES = {"rank", "trial", "space", "arch", "budget_slack", "seed_arch", "spec_json"}
 
 
@@ -63,7 +65,7 @@ def write_report(frame: pd.DataFrame, board: pd.DataFrame, path: Path, score: st
     body = "\n".join(
         [f"<h1>{html.escape(title)}</h1>", "<h2>Leaderboard</h2>", table, *[f"<div>{p}</div>" for p in parts]]
     )
-    path.write_text(f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+    write_text(path, f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
                     f"<style>body{{font-family:sans-serif;margin:2em}} table{{border-collapse:collapse}}"
                     f"td,th{{border:1px solid #ccc;padding:2px 6px}}</style></head><body>{body}</body></html>")
     return path

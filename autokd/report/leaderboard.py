@@ -6,9 +6,9 @@ from pathlib import Path
 
 import optuna
 import pandas as pd
-import yaml
 from optuna.trial import TrialState
 
+from autokd.io import write_yaml
 from autokd.spaces import ArchSpec
 
 BASE_COLUMNS = ["trial", "space", "arch", "macs", "params", "budget_slack", "seed_arch"]
@@ -46,7 +46,8 @@ def leaderboard(study: optuna.Study, objective: str, top_k: int | None = None) -
 
 
 def write_top_specs(board: pd.DataFrame, folder: Path, meta: dict) -> list[Path]:
-    """One YAML per leaderboard row: `folder/<rank>.yaml` with the spec, its cost and scores, and the search meta."""
+    """One YAML per leaderboard row: `folder/<rank>.yaml` with the spec, its cost and scores, and the search meta;
+    the `<rank>.yaml` files of an earlier, longer leaderboard are removed."""
     folder.mkdir(parents=True, exist_ok=True)
     paths = []
     for row in board.to_dict("records"):
@@ -61,7 +62,8 @@ def write_top_specs(board: pd.DataFrame, folder: Path, meta: dict) -> list[Path]
             "scores": {k: float(v) for k, v in scores.items()},
             "search": meta,
         }
-        path = folder / f"{int(row['rank'])}.yaml"
-        path.write_text(yaml.safe_dump(doc, sort_keys=False))
-        paths.append(path)
+        paths.append(write_yaml(folder / f"{int(row['rank'])}.yaml", doc))
+    for stale in set(folder.glob("*.yaml")) - set(paths):
+        if stale.stem.isdigit():
+            stale.unlink()
     return paths

@@ -1,0 +1,50 @@
+"""Atomic file writes: a reader (or a crash) sees the old file or the whole new one, never half of it."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+@contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """A temporary path next to `path` to write in the block: renamed over `path` when the block succeeds,
+    removed when it fails."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_text(path: str | Path, text: str) -> Path:
+    """Write `text` to `path` atomically."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
+    return Path(path)
+
+
+def write_json(path: str | Path, data: Any) -> Path:
+    """`data` as indented JSON, written atomically."""
+    return write_text(path, json.dumps(data, indent=2, default=str) + "\n")
+
+
+def write_yaml(path: str | Path, data: Any) -> Path:
+    """`data` as block-style YAML (keys in their order), written atomically."""
+    return write_text(path, yaml.safe_dump(data, sort_keys=False))
+
+
+def write_csv(path: str | Path, frame: Any) -> Path:
+    """A pandas DataFrame as CSV without its index, written atomically."""
+    with atomic_path(path) as tmp:
+        frame.to_csv(tmp, index=False)
+    return Path(path)

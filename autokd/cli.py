@@ -4,14 +4,11 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
 import warnings
 from pathlib import Path
 
 from autokd.errors import AutokdError
-
-os.environ.setdefault("HF_HUB_OFFLINE", "1")  # offline first: nothing downloads at run time
 
 
 def _csv(text: str) -> tuple[str, ...]:
@@ -28,7 +25,9 @@ def add_search_args(p: argparse.ArgumentParser) -> None:
                                              "or a YAML path (default: those that suit the teacher and resolution)")
     p.add_argument("--trials", type=int, default=100, help="complete trials the study should hold (default 100)")
     p.add_argument("--timeout", type=float, help="stop after this many seconds")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int,
+                   help="seed of the scoring batch and random teacher (default 0) and of the sampler (default: a "
+                        "fresh one per worker, so machines running the same command propose different students)")
     p.add_argument("--sampler", default="evolution", help="evolution (default), nsga2, tpe or random")
     p.add_argument("--population", type=int, default=20, help="evolution: population size (default 20)")
     p.add_argument("--tournament", type=int, default=5, help="evolution: tournament size (default 5)")
@@ -67,7 +66,8 @@ def _search_config(args: argparse.Namespace):
 
     return SearchConfig(
         teacher=args.teacher, budget=args.budget, params_budget=args.params_budget, data=args.data,
-        spaces=args.space, trials=args.trials, timeout=args.timeout, seed=args.seed, sampler=args.sampler,
+        spaces=args.space, trials=args.trials, timeout=args.timeout, seed=0 if args.seed is None else args.seed,
+        sampler_seed=args.seed, sampler=args.sampler,
         storage=args.storage, study_name=args.study, workers=args.workers, teacher_weights=args.teacher_weights,
         img_size=args.img_size, batch_size=args.batch_size, proxies=args.proxies,
         **({"objective": args.objective} if args.objective else {}), reference_size=args.reference_size,
@@ -82,20 +82,21 @@ def cmd_search(args: argparse.Namespace) -> int:
 
     from autokd.cost import format_macs
     from autokd.search import run_search
+    from autokd.search.study import masked_url
 
     config = _search_config(args)
     console = Console(soft_wrap=True, width=None if sys.stdout.isatty() else 200)
     result = run_search(config, out=args.out, top_k=args.top_k, progress=not args.quiet)
     ctx = result.context
     console.print(
-        f"study [bold]{result.study.study_name}[/] in {result.storage_url}: "
+        f"study [bold]{result.study.study_name}[/] in {masked_url(result.storage_url)}: "
         f"{len(result.study.trials)} trials, budget {ctx.budget} ({ctx.teacher.img_size} px), "
         f"{result.seconds:.1f} s"
     )
     console.print(leaderboard_table(result.leaderboard, config.objective, format_macs))
     if result.out:
         console.print(f"wrote {result.out}/leaderboard.csv, {result.out}/top/*.yaml, {result.out}/report.html")
-    console.print(f"dashboard: autokd dashboard --storage {result.storage_url}")
+    console.print(f"dashboard: autokd dashboard --storage {masked_url(result.storage_url)}")
     return 0
 
 
@@ -133,6 +134,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     from autokd.cost import format_macs
     from autokd.pipeline import run_pipeline
+    from autokd.search.study import masked_url
 
     if not args.out:
         raise AutokdError("give the run folder with --out DIR (the same DIR resumes an interrupted run)")
@@ -143,7 +145,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     )
     console = Console(soft_wrap=True, width=None if sys.stdout.isatty() else 160)
     study = result.search.study
-    console.print(f"study [bold]{study.study_name}[/] in {result.search.storage_url}: {len(study.trials)} trials; "
+    console.print(f"study [bold]{study.study_name}[/] in {masked_url(result.search.storage_url)}: "
+                  f"{len(study.trials)} trials; "
                   f"{len(result.skipped)} finished training(s) reused; {result.seconds:.1f} s")
     console.print(trained_table(result.trained, result.search.context.config.objective, format_macs))
     out = result.out
@@ -177,7 +180,7 @@ def trained_table(trained, objective: str, format_macs):
 
 
 def cmd_dashboard(args: argparse.Namespace) -> int:
-    from autokd.search.study import open_storage
+    from autokd.search.study import masked_url, open_storage
 
     url = args.storage
     if url.startswith("sqlite:///") and not Path(url[len("sqlite:///"):]).exists():
@@ -185,7 +188,8 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
     storage = open_storage(url)
     import optuna_dashboard
 
-    print(f"optuna-dashboard on http://{args.host}:{args.port} for {url} (Ctrl-C to stop)", flush=True)
+    print(f"optuna-dashboard on http://{args.host}:{args.port} for {masked_url(url)} (Ctrl-C to stop)",
+          flush=True)
     optuna_dashboard.run_server(storage, host=args.host, port=args.port)
     return 0
 

@@ -15,6 +15,7 @@ import torch.nn as nn
 
 from autokd.errors import AutokdError
 
+MAX_MACS = 1e18  # far above any image model: 5.7e7 times ViT-B/16 at 224 px (17.6 G)
 _UNITS = {"": 1, "K": 1e3, "M": 1e6, "G": 1e9, "T": 1e12}
 _BUDGET_RE = re.compile(r"^\s*([0-9]*\.?[0-9]+(?:e[+-]?[0-9]+)?)\s*([KMGT]?)\s*(?:FLOPS?|MACS?)?\s*$", re.IGNORECASE)
 
@@ -31,8 +32,9 @@ def parse_macs(text: str | float | int) -> int:
                 "e.g. 1GFLOP, 500MFLOPs, 1.5G, 300M or 2e9 (1 FLOP = 1 multiply-add)"
             )
         value = float(match.group(1)) * _UNITS[match.group(2).upper()]
-    if value <= 0:
-        raise AutokdError(f"budget must be positive, got {text!r}")
+    if not 0 < value <= MAX_MACS:  # also refuses inf and nan ('1e400')
+        raise AutokdError(f"budget {text!r} is out of range: give a positive number of MACs up to "
+                          f"{MAX_MACS:.0e}, e.g. 1GFLOP")
     return int(round(value))
 
 

@@ -6,6 +6,7 @@ from typing import Any
 
 import optuna
 from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
+from optuna.trial import FrozenTrial, TrialState
 
 from autokd.spaces import ArchSpec, SearchSpace
 
@@ -40,6 +41,16 @@ class SpecCodec:
             return False
         return all(f"{name}.{k}" in params for k in self.spaces[name].distributions())
 
+    def trial_spec(self, trial: FrozenTrial) -> ArchSpec | None:
+        """The trial's architecture: its `spec` user attr (written in one step), its params, or the params it was
+        queued with; None while its params are still being written one by one."""
+        if "spec" in trial.user_attrs:
+            return ArchSpec.from_dict(trial.user_attrs["spec"])
+        for params in (trial.params, trial.system_attrs.get("fixed_params", {})):
+            if self.is_complete(params):
+                return self.decode(params)
+        return None
+
     def suggest(self, trial: optuna.Trial) -> ArchSpec:
         """Ask the trial (and so its sampler) for every param of one space, and decode them."""
         name = trial.suggest_categorical(SPACE_PARAM, list(self.spaces))
@@ -57,3 +68,14 @@ def _suggest(trial: optuna.Trial, name: str, dist: BaseDistribution) -> Any:
     if isinstance(dist, FloatDistribution):
         return trial.suggest_float(name, dist.low, dist.high, step=dist.step, log=dist.log)
     raise TypeError(f"unsupported distribution {dist!r}")
+
+
+def holds_spec(trial: FrozenTrial) -> bool:
+    """Whether the trial keeps its architecture from being proposed again: queued, running, complete, over budget,
+    or failed by its own error. A trial killed with its worker does not (it is retried), nor one skipped as a
+    duplicate or as surplus to the target."""
+    if trial.state == TrialState.FAIL:
+        return "error" in trial.user_attrs
+    if trial.state == TrialState.PRUNED:
+        return "skipped" not in trial.user_attrs
+    return True

@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import multiprocessing as mp
+import os
+import socket
+import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import optuna
 import torch
 from optuna.samplers import NSGAIISampler, TPESampler
-from optuna.study import MaxTrialsCallback
 from optuna.trial import TrialState
 
 from autokd.cost import Budget, format_macs
@@ -28,10 +33,10 @@ from autokd.proxies import (
     teacher_reference,
 )
 from autokd.proxies.aggregate import DEFAULT_OBJECTIVE, RankAggregate, aggregate_terms
-from autokd.search.codec import SpecCodec
+from autokd.search.codec import SpecCodec, holds_spec
 from autokd.search.evaluate import CandidateEvaluator, sample_reference
 from autokd.search.samplers import BudgetedRandomSampler, RegularizedEvolutionSampler
-from autokd.search.study import find_study, open_storage
+from autokd.search.study import HEARTBEAT_SECONDS, find_study, masked_url, open_storage
 from autokd.spaces import SearchSpace, available_spaces, default_spaces, load_space
 from autokd.teachers import Teacher, resolve_teacher
 
@@ -56,7 +61,9 @@ class SearchConfig:
     spaces: tuple[str, ...] | None = None
     trials: int = 100
     timeout: float | None = None
-    seed: int = 0
+    seed: int = 0  # the scoring batch, the random teacher and each candidate's init: part of the study's identity
+    sampler_seed: int | None = None  # None: a fresh seed per worker; an int: reproducible on one machine
+    heartbeat: int = HEARTBEAT_SECONDS  # a trial silent for 3 beats (its worker died) is failed and retried
     sampler: str = "evolution"
     storage: str | None = None
     study_name: str | None = None
@@ -96,6 +103,7 @@ class SearchContext:
     data: ImageDataset | None = None  # the loaded dataset, so `autokd run` trains on it without reading it again
     notes: list[str] = field(default_factory=list)
     ranking: RankAggregate | None = None  # an aggregate objective, fitted on the fixed reference sample
+    worker: dict[str, Any] = field(default_factory=dict)  # host, pid, index and sampler seed, set with the study
 
     def objective_value(self, scores: dict[str, float]) -> float:
         """The value the search maximises: the aggregate's, or the one score named by the objective."""
@@ -155,6 +163,17 @@ def validate(config: SearchConfig) -> Budget:
                           f"{', '.join(RELATION_LAYERS)}")
     if config.trials < 1 or config.workers < 1 or config.score_batches < 1:
         raise AutokdError("--trials, --workers and --score-batches must be at least 1")
+    if config.timeout is not None and not config.timeout > 0:
+        raise AutokdError(f"--timeout must be a positive number of seconds, got {config.timeout}")
+    if config.img_size is not None and not 8 <= config.img_size <= 4096:
+        raise AutokdError(f"--img-size {config.img_size} is out of range: give a resolution from 8 to 4096 pixels")
+    if config.batch_size is not None and not 2 <= config.batch_size <= 4096:
+        raise AutokdError(f"--batch-size {config.batch_size} is out of range: the scoring batch needs 2 to 4096 "
+                          "images")
+    if not 1 <= config.tournament_size <= config.population_size:
+        raise AutokdError("evolution needs 1 <= --tournament <= --population")
+    if config.heartbeat < 1:
+        raise AutokdError("the heartbeat must be at least 1 second")
     return budget
 
 
@@ -247,9 +266,17 @@ def teacher_references(teacher: Teacher, batches: list[ScoringBatch], config: Se
     return references
 
 
-def make_sampler(ctx: SearchContext, worker: int = 0) -> optuna.samplers.BaseSampler:
+def worker_seed(sampler_seed: int | None, worker: int) -> int:
+    """The sampler seed of worker `worker`: distinct for every worker on every machine, so the same command on
+    several machines proposes different students; with `sampler_seed`, reproducible on one machine."""
+    if sampler_seed is None:
+        return int.from_bytes(os.urandom(4), "little")
+    key = f"{sampler_seed}:{socket.gethostname()}:{worker}"
+    return int.from_bytes(hashlib.sha256(key.encode()).digest()[:4], "little")
+
+
+def make_sampler(ctx: SearchContext, seed: int) -> optuna.samplers.BaseSampler:
     c = ctx.config
-    seed = c.seed + 1000 * worker
     if c.sampler == "evolution":
         return RegularizedEvolutionSampler(ctx.codec, ctx.evaluator.fits, c.population_size, c.tournament_size, seed)
     if c.sampler == "random":
@@ -270,14 +297,16 @@ def default_study_name(ctx: SearchContext) -> str:
 
 def load_or_create_study(ctx: SearchContext, storage_url: str, worker: int = 0) -> optuna.Study:
     """Create the study, or resume it when the same settings made it; a mismatch is a clear error."""
-    storage = open_storage(storage_url)
+    storage = open_storage(storage_url, ctx.config.heartbeat)
     name = ctx.config.study_name or default_study_name(ctx)
     attrs = ctx.study_attrs()
     exists = find_study(storage, name)
+    seed = worker_seed(ctx.config.sampler_seed, worker)
+    ctx.worker = {"host": socket.gethostname(), "pid": os.getpid(), "index": worker, "sampler_seed": seed}
     study = optuna.create_study(
         study_name=name,
         storage=storage,
-        sampler=make_sampler(ctx, worker),
+        sampler=make_sampler(ctx, seed),
         directions=directions(ctx.config),
         load_if_exists=True,
     )
@@ -286,7 +315,7 @@ def load_or_create_study(ctx: SearchContext, storage_url: str, worker: int = 0) 
         diff = [k for k in STUDY_KEYS if k in old and old[k] != attrs[k]]
         if diff:
             raise AutokdError(
-                f"study {name!r} in {storage_url} was made with a different {', '.join(diff)}; "
+                f"study {name!r} in {masked_url(storage_url)} was made with a different {', '.join(diff)}; "
                 "use another --study name or the original settings"
             )
     else:
@@ -309,15 +338,36 @@ def enqueue_seeds(study: optuna.Study, ctx: SearchContext) -> int:
     return count
 
 
-def make_objective(ctx: SearchContext) -> Callable[[optuna.Trial], float | tuple[float, float]]:
-    """Decode the trial's genes, count MACs exactly, refuse anything over budget, score the rest."""
+def make_objective(
+    ctx: SearchContext, bad_input: list[AutokdError] | None = None
+) -> Callable[[optuna.Trial], float | tuple[float, float]]:
+    """Decode the trial's genes, skip a duplicate or surplus trial, count MACs exactly, refuse anything over
+    budget, score the rest. A candidate that raises is recorded as failed with its error in user_attrs; bad input
+    (AutokdError, e.g. no new architecture left) is also appended to `bad_input`, for the caller to stop on."""
     budget, evaluator, objective = ctx.budget, ctx.evaluator, ctx.config.objective
     multi = len(directions(ctx.config)) > 1
 
     def run_trial(trial: optuna.Trial) -> float | tuple[float, float]:
-        spec = ctx.codec.suggest(trial)
-        cost = evaluator.cost(spec)
+        try:
+            spec = ctx.codec.suggest(trial)
+        except AutokdError as err:
+            if bad_input is not None:
+                bad_input.append(err)
+            raise
+        # One write holds the whole spec: other workers see it at once, never half of its params.
         trial.set_user_attr("spec", spec.as_dict())
+        trial.set_user_attr("worker", ctx.worker)
+        skip_duplicate_or_surplus(trial, spec, ctx)
+        try:
+            return score_trial(trial, spec)
+        except optuna.TrialPruned:
+            raise
+        except Exception as err:
+            trial.set_user_attr("error", f"{type(err).__name__}: {err}"[:2000])
+            raise
+
+    def score_trial(trial: optuna.Trial, spec) -> float | tuple[float, float]:
+        cost = evaluator.cost(spec)
         trial.set_user_attr("macs", cost.macs)
         trial.set_user_attr("params", cost.params)
         trial.set_user_attr("budget_slack", budget.slack(cost))
@@ -335,34 +385,89 @@ def make_objective(ctx: SearchContext) -> Callable[[optuna.Trial], float | tuple
     return run_trial
 
 
+def skip_duplicate_or_surplus(trial: optuna.Trial, spec, ctx: SearchContext) -> None:
+    """Prune the trial when an earlier trial holds the same spec, or when earlier trials (complete, running or
+    queued) already make up the target. Deciding by trial number makes the outcome the same in every worker."""
+    earlier = [t for t in trial.study.get_trials(deepcopy=False) if t.number < trial.number]
+    twin = next((t.number for t in earlier if t.state != TrialState.FAIL and holds_spec(t)
+                 and ctx.codec.trial_spec(t) == spec), None)
+    if twin is not None:
+        trial.set_user_attr("skipped", f"duplicate of trial {twin}")
+        raise optuna.TrialPruned(f"the same architecture as trial {twin}")
+    ahead = sum(t.state in (TrialState.COMPLETE, TrialState.RUNNING, TrialState.WAITING) for t in earlier)
+    if ahead >= ctx.config.trials:
+        trial.set_user_attr("skipped", "target reached")
+        raise optuna.TrialPruned("earlier trials make up the target")
+
+
 def complete_count(study: optuna.Study) -> int:
     return len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
+
+
+MAX_FAILURES = 10  # consecutive failed candidates after which a worker stops: the failure is not the candidate's
 
 
 def optimize(
     study: optuna.Study, ctx: SearchContext, callbacks: list | None = None, attempt_factor: int = 20
 ) -> None:
-    """Run trials until the study holds `trials` complete ones (counting earlier runs), or the timeout."""
+    """Run trials until the study holds exactly `trials` complete ones (counting earlier runs and other workers),
+    or the timeout. A failing candidate is recorded and the search goes on; bad input (AutokdError) stops it."""
     target = ctx.config.trials
-    todo = target - complete_count(study)
-    if todo <= 0:
-        return
-    study.optimize(
-        make_objective(ctx),
-        n_trials=todo * attempt_factor,  # bounds the attempts when TPE/NSGA-II keep proposing over budget
-        timeout=ctx.config.timeout,
-        callbacks=[MaxTrialsCallback(target, states=(TrialState.COMPLETE,)), *(callbacks or [])],
-        gc_after_trial=False,
-    )
+    deadline = None if ctx.config.timeout is None else time.monotonic() + ctx.config.timeout
+    bad_input: list[AutokdError] = []
+    objective, tally = make_objective(ctx, bad_input), _Tally()
+    attempts = (target - complete_count(study)) * attempt_factor  # bounds TPE/NSGA-II proposing over budget
+    while attempts > 0 and tally.failures < MAX_FAILURES and wait_for_room(study, target, deadline):
+        study.optimize(objective, n_trials=1, catch=(Exception,), callbacks=[tally, *(callbacks or [])],
+                       gc_after_trial=False)
+        attempts -= 1
+        if bad_input:
+            raise bad_input[0]
+    if tally.failures >= MAX_FAILURES:
+        log.warning("%d candidates in a row failed; this worker stops. The last error: %s", tally.failures,
+                    tally.last_error)
+
+
+class _Tally:
+    """A trial callback: counts consecutive failed trials and keeps the last error."""
+
+    def __init__(self):
+        self.failures, self.last_error = 0, None
+
+    def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        failed = trial.state == TrialState.FAIL
+        self.failures = self.failures + 1 if failed else 0
+        if failed:
+            self.last_error = trial.user_attrs.get("error")
+
+
+def wait_for_room(study: optuna.Study, target: int, deadline: float | None, poll: float = 0.5) -> bool:
+    """Wait while complete and running trials make up the target (a running one may still fail); False once the
+    study holds the target or the deadline passed. A trial whose worker died is failed here after its grace."""
+    while deadline is None or time.monotonic() < deadline:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            optuna.storages.fail_stale_trials(study)
+        states = [t.state for t in study.get_trials(deepcopy=False)]
+        done = states.count(TrialState.COMPLETE)
+        if done >= target:
+            return False
+        if done + states.count(TrialState.RUNNING) < target:
+            return True
+        time.sleep(poll)
+    return False
 
 
 def _worker_main(config: SearchConfig, storage_url: str, study_name: str, worker: int) -> None:
     torch.set_num_threads(max(1, torch.get_num_threads() // max(1, config.workers)))
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    ctx = prepare(config)
-    ctx.config.study_name = study_name
-    study = load_or_create_study(ctx, storage_url, worker)
-    optimize(study, ctx)
+    try:
+        ctx = prepare(config)
+        ctx.config.study_name = study_name
+        optimize(load_or_create_study(ctx, storage_url, worker), ctx)
+    except AutokdError as err:  # the main process reports the outcome; no traceback here
+        log.warning("search worker %d stopped: %s", worker, err)
+        raise SystemExit(2) from None
 
 
 def start_workers(config: SearchConfig, storage_url: str, study_name: str) -> list[mp.Process]:

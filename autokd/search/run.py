@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from dataclasses import asdict, dataclass
@@ -13,6 +12,8 @@ import pandas as pd
 import torch
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from autokd.errors import AutokdError
+from autokd.io import write_csv, write_json
 from autokd.report import leaderboard, trials_frame, write_report, write_top_specs
 from autokd.search.controller import (
     SearchConfig,
@@ -23,6 +24,7 @@ from autokd.search.controller import (
     prepare,
     start_workers,
 )
+from autokd.search.study import masked_url
 
 log = logging.getLogger("autokd")
 
@@ -68,7 +70,8 @@ def run_search(config: SearchConfig, out: str | Path | None = None, top_k: int =
             proc.join()
     failed = [p.exitcode for p in workers if p.exitcode != 0]
     if failed:
-        raise RuntimeError(f"{len(failed)} search worker(s) exited with codes {failed}")
+        log.warning("%d search worker(s) stopped early (exit codes %s)", len(failed), failed)
+    check_complete(study, config.trials)
 
     board = leaderboard(study, config.objective, top_k)
     if out:
@@ -76,15 +79,29 @@ def run_search(config: SearchConfig, out: str | Path | None = None, top_k: int =
     return SearchResult(study, ctx, board, storage_url, out, time.perf_counter() - start)
 
 
+def check_complete(study: optuna.Study, target: int) -> int:
+    """The number of complete trials; none at all is an error that names the cause."""
+    trials = study.get_trials(deepcopy=False)
+    done = sum(t.state == optuna.trial.TrialState.COMPLETE for t in trials)
+    if done == 0:
+        errors = [t.user_attrs["error"] for t in trials if "error" in t.user_attrs]
+        cause = f"every candidate failed, the last with {errors[-1]}" if errors else "the time ran out first"
+        raise AutokdError(f"the search finished no trial ({cause}): give a longer --timeout, or fix the cause and "
+                          "run the same command again")
+    if done < target:
+        log.warning("the study holds %d of %d complete trials (time out or failing candidates)", done, target)
+    return done
+
+
 def write_outputs(study: optuna.Study, ctx: SearchContext, board: pd.DataFrame, out: Path) -> None:
     """leaderboard.csv, top/<rank>.yaml, report.html and the config, next to the study."""
-    out.mkdir(parents=True, exist_ok=True)
-    board.drop(columns=["spec_json"]).to_csv(out / "leaderboard.csv", index=False)
-    meta = {**ctx.study_attrs(), "study": study.study_name, "storage": ctx.config.storage_url(out)}
+    write_csv(out / "leaderboard.csv", board.drop(columns=["spec_json"]))
+    storage = masked_url(ctx.config.storage_url(out))
+    meta = {**ctx.study_attrs(), "study": study.study_name, "storage": storage}
     write_top_specs(board, out / "top", meta)
     write_report(trials_frame(study), board, out / "report.html", ctx.config.objective, ctx.budget.macs,
                  title=f"autokd search: {study.study_name}")
-    (out / "search.json").write_text(json.dumps(asdict(ctx.config), indent=2, default=str))
+    write_json(out / "search.json", {**asdict(ctx.config), "storage": storage})
 
 
 class _progress_bar:

@@ -18,7 +18,7 @@ from optuna.samplers import BaseSampler, RandomSampler
 from optuna.trial import FrozenTrial, TrialState
 
 from autokd.errors import AutokdError
-from autokd.search.codec import SpecCodec
+from autokd.search.codec import SpecCodec, holds_spec
 from autokd.spaces import ArchSpec
 
 
@@ -37,7 +37,7 @@ class BudgetedRandomSampler(BaseSampler):
         self.max_attempts = max_attempts
         self._rng = random.Random(seed)
         self._fallback = RandomSampler(seed=seed)
-        self._seen: dict[int, ArchSpec] = {}
+        self._seen: dict[int, ArchSpec | None] = {}
 
     def reseed_rng(self) -> None:
         self._rng.seed()
@@ -57,16 +57,17 @@ class BudgetedRandomSampler(BaseSampler):
         return self._fallback.sample_independent(study, trial, param_name, param_distribution)
 
     def known_specs(self, study: optuna.Study) -> set[ArchSpec]:
-        """Specs of every trial so far, whatever its state (decoded once per trial)."""
-        running = set()
+        """Specs that must not be proposed again (see `holds_spec`); finished trials are decoded once."""
+        live = set()
         for t in study.get_trials(deepcopy=False):
-            if t.number in self._seen or not self.codec.is_complete(t.params):
-                continue  # a trial still being suggested (here or in another worker) has only some params
-            if t.state == TrialState.RUNNING:
-                running.add(self.codec.decode(t.params))
-            else:
-                self._seen[t.number] = self.codec.decode(t.params)
-        return set(self._seen.values()) | running
+            if t.number in self._seen:
+                continue
+            spec = self.codec.trial_spec(t)
+            if t.state.is_finished():
+                self._seen[t.number] = spec if holds_spec(t) else None
+            elif spec is not None:  # a trial still being suggested elsewhere is caught after its suggest
+                live.add(spec)
+        return {s for s in self._seen.values() if s is not None} | live
 
     def propose(self, study: optuna.Study, known: set[ArchSpec]) -> ArchSpec:
         return self._random_new(known)

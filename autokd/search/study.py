@@ -1,35 +1,78 @@
-"""Open Optuna storages and studies; bad URLs become one-line errors."""
+"""Open Optuna storages and studies; bad URLs become one-line errors that never show a password."""
 
 from __future__ import annotations
+
+import importlib.util
+import re
+import warnings
+from urllib.parse import unquote
 
 import optuna
 from sqlalchemy import event
 
 from autokd.errors import AutokdError
 
+HEARTBEAT_SECONDS = 60  # a running trial's heartbeat; one silent for 3 beats is failed and retried
+MAX_RETRIES = 2  # a trial killed this many times is left failed
+_PASSWORD = re.compile(r"^([\w+.-]+://[^:/@?#]*:)(.*)@")
+_QUERY_PASSWORD = re.compile(r"([?&]password=)[^&#]*", re.IGNORECASE)
 
-def open_storage(url: str) -> optuna.storages.BaseStorage:
-    """An Optuna RDB storage (SQLite, PostgreSQL, MySQL) or a journal file (`*.log`/`*.jsonl` path)."""
+
+def masked_url(url: str) -> str:
+    """`url` with any password replaced by ***: the form to print, log or write to a file."""
+    return _QUERY_PASSWORD.sub(r"\1***", _PASSWORD.sub(r"\1***@", url))
+
+
+def _scrub(text: str, url: str) -> str:
+    """`text` (an error message) with the URL's password, as written or decoded, replaced by ***."""
+    found = [m.group(2) for m in [_PASSWORD.search(url)] if m]
+    found += [m.group(0).split("=", 1)[1] for m in _QUERY_PASSWORD.finditer(url)]
+    for secret in {s for f in found for s in (f, unquote(f)) if s}:
+        text = text.replace(secret, "***")
+    return text
+
+
+def _driver_url(url: str) -> str:
+    """A plain postgresql:// URL names SQLAlchemy's default driver (psycopg 3 from SQLAlchemy 2.1); use psycopg2,
+    the `postgres` extra, when only it is installed."""
+    if url.startswith("postgresql://") and importlib.util.find_spec("psycopg") is None \
+            and importlib.util.find_spec("psycopg2") is not None:
+        return "postgresql+psycopg2://" + url[len("postgresql://"):]
+    return url
+
+
+def open_storage(url: str, heartbeat: int = HEARTBEAT_SECONDS) -> optuna.storages.BaseStorage:
+    """An Optuna RDB storage (SQLite, PostgreSQL, MySQL) or a journal file (`*.log`/`*.jsonl` path).
+
+    RDB storages beat a heartbeat every `heartbeat` seconds for each running trial; a trial whose worker died is
+    failed after three silent beats and queued again with the same architecture (Optuna's retry callback)."""
     if "://" not in url:
         if url.endswith((".log", ".jsonl")):
             from optuna.storages.journal import JournalFileBackend
 
             return optuna.storages.JournalStorage(JournalFileBackend(url))
         raise AutokdError(
-            f"storage {url!r} is not a URL: use sqlite:///path/autokd.db, postgresql://user:pass@host/db, "
-            "or a journal file ending in .log"
+            f"storage {masked_url(url)!r} is not a URL: use sqlite:///path/autokd.db, postgresql://user:pass@host/db,"
+            " or a journal file ending in .log"
         )
     engine_kwargs = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {"pool_pre_ping": True}
     try:
-        storage = optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs, heartbeat_interval=60,
-                                             grace_period=180)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            storage = optuna.storages.RDBStorage(
+                _driver_url(url), engine_kwargs=engine_kwargs, heartbeat_interval=heartbeat,
+                grace_period=3 * heartbeat,
+                heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(MAX_RETRIES),
+            )
     except ModuleNotFoundError as err:
         raise AutokdError(
-            f"storage {url!r} needs the database driver {err.name!r}: pip install 'autokd[postgres]'"
+            f"storage {masked_url(url)!r} needs the database driver {err.name!r}: pip install 'autokd[postgres]'"
         ) from None
     except Exception as err:  # sqlalchemy raises many types for an unreachable database
-        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise AutokdError(f"cannot open storage {url!r}: {reason}") from None
+        text = _scrub(str(err).strip(), url)
+        reason = next((line for line in text.splitlines() if line.strip()), type(err).__name__)
+        raise AutokdError(f"cannot open storage {masked_url(url)!r}: {reason.strip()}; check the URL and that the "
+                          "database server is running") from None
     if url.startswith("sqlite"):
         _use_wal(storage)
     return storage

@@ -7,7 +7,6 @@ Hugging Face cache or given as a file; otherwise the teacher is randomly initial
 from __future__ import annotations
 
 import argparse
-import contextlib
 import difflib
 import importlib
 import importlib.util
@@ -20,16 +19,14 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-os.environ["HF_HUB_OFFLINE"] = "1"  # before timm imports huggingface_hub in this process
+import timm
+import torch
+import torch.nn as nn
+from timm.data import resolve_model_data_config
+from timm.models import clean_state_dict, get_pretrained_cfg
 
-import timm  # noqa: E402
-import torch  # noqa: E402
-import torch.nn as nn  # noqa: E402
-from timm.data import resolve_model_data_config  # noqa: E402
-from timm.models import clean_state_dict, get_pretrained_cfg  # noqa: E402
-
-from autokd.data.transforms import IMAGENET_MEAN, IMAGENET_STD, eval_transform, train_transform  # noqa: E402
-from autokd.errors import AutokdError  # noqa: E402
+from autokd.data.transforms import IMAGENET_MEAN, IMAGENET_STD, eval_transform, train_transform
+from autokd.errors import AutokdError
 
 TEACHER_ALIASES: dict[str, str] = {
     "vit_t": "vit_tiny_patch16_224",
@@ -97,7 +94,11 @@ def resolve_teacher(name: str, num_classes: int, weights: str | Path | None = No
                     img_size: int | None = None) -> Teacher:
     """Build teacher `name` (alias, timm name, `resnetNN_cifar`, `pkg.module:factory` or `file.py:factory`)
     with a `num_classes` classifier; `weights` is a local weights file; `img_size` overrides the input."""
-    _force_offline()
+    with hf_offline():
+        return _resolve_teacher(name, num_classes, weights, img_size)
+
+
+def _resolve_teacher(name: str, num_classes: int, weights: str | Path | None, img_size: int | None) -> Teacher:
     if num_classes < 2:
         raise AutokdError(f"teacher needs at least 2 classes, got num_classes={num_classes}")
     weights = _check_weights_path(weights)
@@ -128,12 +129,27 @@ def infer_family(model: nn.Module) -> str:
     return "other"
 
 
-def _force_offline() -> None:
+@contextmanager
+def hf_offline() -> Iterator[None]:
+    """Hugging Face Hub offline inside the block only (nothing downloads), as it was after it."""
+    old_env = os.environ.get("HF_HUB_OFFLINE")
     os.environ["HF_HUB_OFFLINE"] = "1"
-    with contextlib.suppress(ImportError):  # huggingface_hub reads the variable once, at import
+    try:
         from huggingface_hub import constants
-
+    except ImportError:
+        constants = None
+    old_flag = getattr(constants, "HF_HUB_OFFLINE", None)
+    if constants is not None:  # huggingface_hub reads the variable once, at import
         constants.HF_HUB_OFFLINE = True
+    try:
+        yield
+    finally:
+        if old_env is None:
+            os.environ.pop("HF_HUB_OFFLINE", None)
+        else:
+            os.environ["HF_HUB_OFFLINE"] = old_env
+        if constants is not None:
+            constants.HF_HUB_OFFLINE = old_flag
 
 
 def _check_weights_path(weights: str | Path | None) -> Path | None:

@@ -1,4 +1,4 @@
-"""Search spaces: load one from search_spaces/*.yaml, and pick the default spaces for a teacher."""
+"""Search spaces: load one from autokd/search_spaces/*.yaml, and pick the default spaces for a teacher."""
 
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ SPACES: dict[str, type[SearchSpace]] = {
     "mobilenet": MobileNetSpace,
     "cifar_resnet": CifarResNetSpace,
 }
-SPACES_DIR = Path(__file__).resolve().parents[2] / "search_spaces"
+SPACES_DIR = Path(__file__).resolve().parents[1] / "search_spaces"  # package data: ships in the wheel
 
 # Teacher families (timm model-name prefixes) grouped by the student spaces that suit them.
 _TRANSFORMERS = (
@@ -44,12 +44,12 @@ _MOBILES = ("mobilenet", "efficientnet", "mnasnet", "fbnet", "ghostnet", "tinyne
 
 
 def available_spaces() -> list[str]:
-    """Names of the spaces in search_spaces/ (what `load_space` accepts besides a path)."""
+    """Names of the spaces in autokd/search_spaces/ (what `load_space` accepts besides a path)."""
     return sorted(p.stem for p in SPACES_DIR.glob("*.yaml"))
 
 
 def load_space(name_or_path: str, img_size: int) -> SearchSpace:
-    """A space from search_spaces/{name}.yaml, or from a YAML file; its `family` key picks the class."""
+    """A space from autokd/search_spaces/{name}.yaml, or from a YAML file; its `family` key picks the class."""
     path = Path(name_or_path)
     if path.suffix not in (".yaml", ".yml") and not path.is_file():
         path = SPACES_DIR / f"{name_or_path}.yaml"

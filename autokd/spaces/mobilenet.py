@@ -21,7 +21,7 @@ from autokd.spaces.resnet import conv_out
 from autokd.spaces.spec import ArchSpec
 
 STRIDES = (2, 2, 2, 1, 2, 1)
-# Defaults, as in search_spaces/mobilenet.yaml; MobileNetV2's stage widths are 24, 32, 64, 96, 160, 320.
+# Defaults, as in autokd/search_spaces/mobilenet.yaml; MobileNetV2's stage widths are 24, 32, 64, 96, 160, 320.
 WIDTHS = [[16, 24, 32], [24, 32, 40, 48], [48, 64, 80], [72, 96, 112, 128], [128, 160, 192], [192, 256, 320]]
 SE_RATIO = 0.25
 

@@ -16,7 +16,7 @@ from autokd.spaces.choice import ChoiceSpace, ListGene
 from autokd.spaces.spec import ArchSpec
 
 BLOCKS = {"basic": BasicBlock, "bottleneck": Bottleneck}
-# Defaults, as in search_spaces/resnet.yaml: per-stage choices around ResNet-18/34/50's (2|3, 2|4, 2|6, 2|3)
+# Defaults, as in autokd/search_spaces/resnet.yaml: per-stage choices around ResNet-18/34/50's (2|3, 2|4, 2|6, 2|3)
 # depths and (64, 128, 256, 512) widths, down to half width.
 DEPTHS = [[1, 2, 3], [1, 2, 3, 4], [1, 2, 3, 4, 5, 6], [1, 2, 3]]
 WIDTHS = [[24, 32, 48, 64], [48, 64, 96, 128], [96, 128, 192, 256], [192, 256, 384, 512]]

@@ -51,6 +51,7 @@ def train_student(
     inputs: Inputs | None = None,
     evaluate_teacher: bool = True,
     heldout: float = HELDOUT_FRACTION,
+    decode_once: bool = True,
 ) -> TrainResult:
     """Train `student` (in place) on `data.train` with `recipe`, distilling `teacher`; write out/results.json,
     out/best.pt and out/last.pt.
@@ -65,12 +66,14 @@ def train_student(
     `evaluate_teacher=False` skips the teacher's accuracy (teacher_top1 is then None). With
     `recipe.teacher_cache`, the teacher's top `cache_topk` probabilities are kept under `cache_dir` (default
     ~/.cache/autokd/teacher_outputs, or $AUTOKD_CACHE/teacher_outputs). `num_workers` defaults to 0 on the
-    CPU and up to 8 per GPU."""
+    CPU and up to 8 per GPU. `decode_once` keeps a small dataset's decoded pixels in a file under
+    ~/.cache/autokd/pixels, so no image is decoded twice (data/pixels.py)."""
     return train_students([student], teacher, data, recipe, [out], device=device, resume=resume, seed=seed,
                           baseline=baseline, num_workers=num_workers, max_steps=max_steps,
                           compile_teacher=compile_teacher, compile_student=compile_student, log_every=log_every,
                           img_size=img_size, cache_dir=cache_dir, cache_topk=cache_topk, progress=progress,
-                          inputs=inputs, evaluate_teacher=evaluate_teacher, heldout=heldout)[0]
+                          inputs=inputs, evaluate_teacher=evaluate_teacher, heldout=heldout,
+                          decode_once=decode_once)[0]
 
 
 def train_students(
@@ -96,6 +99,7 @@ def train_students(
     inputs: Inputs | None = None,
     evaluate_teacher: bool = True,
     heldout: float = HELDOUT_FRACTION,
+    decode_once: bool = True,
 ) -> list[TrainResult]:
     """`train_student` for several students at once, one output folder each: every batch is loaded and the
     teacher run (or read from its cache) once, then each student steps on it. Each student ends as it would
@@ -103,7 +107,7 @@ def train_students(
     if not students:
         raise AutokdError("give at least one student")
     options = TrainOptions(seed, num_workers, max_steps, compile_teacher, compile_student, log_every,
-                           img_size, cache_dir, cache_topk, progress, inputs, evaluate_teacher, heldout)
+                           img_size, cache_dir, cache_topk, progress, inputs, evaluate_teacher, heldout, decode_once)
     info = D.setup(device)
     try:
         metas = [s if isinstance(s, Student) else Student(s, type(s).__name__) for s in students]

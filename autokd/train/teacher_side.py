@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import logging
-import os
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn as nn
 
+from autokd.data.pixels import CACHE_ROOT
 from autokd.recipes import Recipe, feature_tap, topk_to_probs
 from autokd.teachers import Teacher
 from autokd.train import distributed as D
@@ -18,7 +18,6 @@ from autokd.train.step import Batch, TeacherOutputs
 
 log = logging.getLogger("autokd")
 
-CACHE_ROOT = Path(os.environ.get("AUTOKD_CACHE", Path.home() / ".cache" / "autokd"))
 DEFAULT_CACHE_DIR = CACHE_ROOT / "teacher_outputs"
 
 

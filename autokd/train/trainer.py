@@ -24,6 +24,7 @@ from rich import progress as rp
 
 from autokd.cost import count_params, measure_cost, measure_latency
 from autokd.data.datasets import ImageDataset
+from autokd.data.pixels import CACHE_ROOT, decode_once
 from autokd.errors import AutokdError
 from autokd.recipes import Recipe
 from autokd.teachers import Teacher
@@ -64,6 +65,7 @@ class TrainOptions:
     inputs: Inputs | None = None  # overrides the pipeline (the baseline uses its KD run's)
     evaluate_teacher: bool = True
     heldout: float = HELDOUT_FRACTION
+    decode_once: bool = True
 
 
 class Trainer:
@@ -100,6 +102,8 @@ class Trainer:
             size = options.img_size or metas[0].img_size or min(data.train.open_image(0).size)
             self.inputs = Inputs(size, crop_pct=0.875 if size > 64 else 1.0)
         self.img_size = self.inputs.img_size
+        if options.decode_once:
+            data = decode_once(data, CACHE_ROOT / "pixels") or data
         self.loaders = TrainData(data, recipe, self.inputs, info, seed=self.seed, heldout=options.heldout,
                                  num_workers=options.num_workers, cuda=self.cuda)
         self.steps_per_epoch = self.loaders.steps_per_epoch

@@ -52,3 +52,19 @@ def weights(tmp_path):
     state = {f"module.{k}": v for k, v in CifarResNet(depths=(3, 3, 3)).state_dict().items()}
     torch.save({"state_dict": state, "best_prec1": 91.7}, path)
     return path
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> str:
+    """The throw-away PostgreSQL server that `.ci/run` starts (its URL in AUTOKD_TEST_POSTGRES_URL)."""
+    from autokd.errors import AutokdError
+    from autokd.search.study import open_storage
+
+    url = os.environ.get("AUTOKD_TEST_POSTGRES_URL")
+    if not url:
+        pytest.skip("no PostgreSQL server: .ci/run starts one and sets AUTOKD_TEST_POSTGRES_URL")
+    try:
+        open_storage(url)  # creates Optuna's tables once, before workers race to
+    except AutokdError as err:
+        pytest.fail(f"AUTOKD_TEST_POSTGRES_URL is set but the server cannot be used: {err}")
+    return url

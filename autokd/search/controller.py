@@ -321,6 +321,8 @@ def load_or_create_study(ctx: SearchContext, storage_url: str, worker: int = 0) 
     else:
         study.set_user_attr("autokd", attrs)
         study.set_metric_names([ctx.config.objective, "macs"][: len(directions(ctx.config))])
+    w = ctx.worker  # every worker that joined, with its sampler seed (each trial also records its worker)
+    study.set_user_attr(f"workers/{w['host']}:{w['pid']}/{worker}", seed)
     return study
 
 

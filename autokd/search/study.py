@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import importlib.util
 import re
+import time
 import warnings
 from urllib.parse import unquote
 
 import optuna
 from sqlalchemy import event
+from sqlalchemy.exc import IntegrityError, ProgrammingError
 
 from autokd.errors import AutokdError
 
@@ -57,13 +59,7 @@ def open_storage(url: str, heartbeat: int = HEARTBEAT_SECONDS) -> optuna.storage
         )
     engine_kwargs = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {"pool_pre_ping": True}
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            storage = optuna.storages.RDBStorage(
-                _driver_url(url), engine_kwargs=engine_kwargs, heartbeat_interval=heartbeat,
-                grace_period=3 * heartbeat,
-                heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(MAX_RETRIES),
-            )
+        storage = _rdb_storage(url, engine_kwargs, heartbeat)
     except ModuleNotFoundError as err:
         raise AutokdError(
             f"storage {masked_url(url)!r} needs the database driver {err.name!r}: pip install 'autokd[postgres]'"
@@ -76,6 +72,24 @@ def open_storage(url: str, heartbeat: int = HEARTBEAT_SECONDS) -> optuna.storage
     if url.startswith("sqlite"):
         _use_wal(storage)
     return storage
+
+
+def _rdb_storage(url: str, engine_kwargs: dict, heartbeat: int, attempts: int = 5) -> optuna.storages.RDBStorage:
+    def make() -> optuna.storages.RDBStorage:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            return optuna.storages.RDBStorage(
+                _driver_url(url), engine_kwargs=engine_kwargs, heartbeat_interval=heartbeat,
+                grace_period=3 * heartbeat,
+                heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(MAX_RETRIES),
+            )
+
+    for attempt in range(attempts - 1):
+        try:
+            return make()
+        except (IntegrityError, ProgrammingError):  # workers started together race to create Optuna's tables
+            time.sleep(0.2 * (attempt + 1))
+    return make()
 
 
 def _use_wal(storage: optuna.storages.RDBStorage) -> None:

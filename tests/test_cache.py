@@ -132,3 +132,14 @@ def test_without_augmentation_every_epoch_reuses_the_first_epochs_rows(data, tea
     result = train_student(tiny(), teacher, data, recipe, tmp_path / "run", cache_dir=tmp_path / "cache", heldout=0,
                            progress=False)
     assert (result.cache["misses"], result.cache["hits"], result.cache["epochs_on_disk"]) == (96, 2 * 96, 1)
+
+
+def test_views_without_numpy_rng_are_the_same_views_and_leave_numpy_alone(data):
+    transform = recipe_transform("standard", Inputs(32, IMAGENET_MEAN, IMAGENET_STD, 1.0, "bilinear"))
+    fast = SeededViews(data.train, range(len(data.train)), transform, seed=3, numpy=False)
+    full = SeededViews(data.train, range(len(data.train)), transform, seed=3)
+    np.random.seed(5)
+    before = np.random.get_state()[1].copy()
+    for key in [(0, 1), (3, 7)]:
+        assert torch.equal(fast[key][0], full[key][0])  # timm's standard pipeline draws nothing from NumPy
+    assert np.array_equal(np.random.get_state()[1], before)

@@ -35,7 +35,9 @@ FEATURE_PARAMS: dict[str, dict[str, int]] = {
 _POSITIVE_PARAMS = {"temperature", "tau", "relation_heads"}
 OPTIMIZERS = ("sgd", "adamw")
 SCHEDULES = ("cosine",)
-AUGMENTATIONS = ("standard", "none")  # or a timm auto-augment string, e.g. "rand-m9-mstd0.5-inc1"
+# "tensor": the standard augmentation done for the whole batch as tensor ops on the device (small images only);
+# or a timm auto-augment string, e.g. "rand-m9-mstd0.5-inc1"
+AUGMENTATIONS = ("standard", "none", "tensor")
 
 
 @dataclass(frozen=True)
@@ -310,6 +312,6 @@ def _check_augmentation(name: str) -> None:
             auto_augment.auto_augment_transform(name, {})
     except (AssertionError, KeyError, ValueError, IndexError):
         raise AutokdError(
-            f"unknown augmentation {name!r}: use standard, none or a timm auto-augment string such as "
+            f"unknown augmentation {name!r}: use standard, tensor, none or a timm auto-augment string such as "
             "rand-m9-mstd0.5-inc1, augmix-m5-w4-d2 or original"
         ) from None

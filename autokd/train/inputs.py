@@ -12,7 +12,9 @@ import torch.nn as nn
 from torch.utils.data import DataLoader
 
 from autokd.data.datasets import ImageDataset
+from autokd.data.pixels import MAX_SIDE, DecodedImages
 from autokd.data.split import split_indices
+from autokd.data.tensor_augment import BatchAugment, to_uint8_tensor
 from autokd.data.transforms import IMAGENET_MEAN, IMAGENET_STD, eval_transform, train_transform
 from autokd.errors import AutokdError
 from autokd.recipes import Recipe
@@ -40,15 +42,34 @@ class Inputs:
 
 
 def recipe_transform(augmentation: str, inputs: Inputs):
-    """'none': the eval pipeline; 'standard': timm's train pipeline; else a timm auto-augment string on top.
+    """'none': the eval pipeline; 'standard': timm's train pipeline; 'tensor': the image as a uint8 tensor (the
+    batch is augmented on the device by `batch_augment`); else a timm auto-augment string on top of timm's.
     At 64 px or less, random resized crops keep at least half the image (timm's 8% is for ImageNet)."""
     i = inputs
     if augmentation == "none":
         return eval_transform(i.img_size, i.mean, i.std, i.crop_pct, i.interpolation)
-    kwargs: dict[str, Any] = {"scale": (0.5, 1.0)} if i.img_size <= 64 else {}
+    if augmentation == "tensor":
+        return to_uint8_tensor
+    kwargs: dict[str, Any] = {"scale": crop_scale(i.img_size)} if i.img_size <= 64 else {}
     if augmentation != "standard":
         kwargs["auto_augment"] = augmentation
     return train_transform(i.img_size, i.mean, i.std, i.interpolation, **kwargs)
+
+
+def crop_scale(img_size: int) -> tuple[float, float]:
+    """The area share a random resized crop keeps: at least half at 64 px or less, timm's 8% above."""
+    return (0.5, 1.0) if img_size <= 64 else (0.08, 1.0)
+
+
+def batch_augment(augmentation: str, inputs: Inputs, data: ImageDataset) -> BatchAugment | None:
+    """The on-device batch augmentation of the 'tensor' preset (None for the others); it needs images of one
+    size, decoded once (a small dataset)."""
+    if augmentation != "tensor":
+        return None
+    if not any(isinstance(part, DecodedImages) for part in (data.train, getattr(data.train, "base", None))):
+        raise AutokdError(f"augmentation 'tensor' works on small datasets of same-size images (at most "
+                          f"{MAX_SIDE} px, kept decoded); {data.name} is not one: use augmentation 'standard'")
+    return BatchAugment(inputs.img_size, inputs.mean, inputs.std, scale=crop_scale(inputs.img_size))
 
 
 class TrainData:
@@ -64,6 +85,7 @@ class TrainData:
         i = inputs
         self.eval_tf = eval_transform(i.img_size, i.mean, i.std, i.crop_pct, i.interpolation)
         self.train_tf = recipe_transform(recipe.augmentation, inputs)
+        self.augment = batch_augment(recipe.augmentation, inputs, data)
         if not 0 <= heldout < 1:
             raise AutokdError(f"the held-out share must be in [0, 1), not {heldout}")
         if data.test is None and heldout == 0:
@@ -89,7 +111,8 @@ class TrainData:
             num_workers = min(8, max(1, per_gpu)) if cuda else 0
         self.loader_kw = dict(num_workers=num_workers, pin_memory=cuda, persistent_workers=num_workers > 0)
         # without augmentation every epoch shows the same view: one set of seeds (and cached rows) for all
-        self.views = SeededViews(data.train, train_idx, self.train_tf, seed, vary=recipe.augmentation != "none")
+        self.views = SeededViews(data.train, train_idx, self.train_tf, seed, vary=recipe.augmentation != "none",
+                                 numpy=recipe.augmentation not in ("none", "standard", "tensor"))
         self.sampler = EpochSampler(train_idx, seed=seed, rank=info.rank, world_size=info.world_size)
         self.train_loader = DataLoader(self.views, batch_size=self.local_batch, sampler=self.sampler,
                                        drop_last=True, **self.loader_kw)

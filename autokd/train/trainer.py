@@ -108,8 +108,9 @@ class Trainer:
                                  num_workers=options.num_workers, cuda=self.cuda)
         self.steps_per_epoch = self.loaders.steps_per_epoch
         # before the teacher moves to the device: its fingerprint hashes the weights on the CPU
-        cache = (open_cache(teacher, data, self.loaders.train_tf, self.seed, options.cache_dir, options.cache_topk,
-                            info) if recipe.teacher_cache else None)
+        views = self.loaders.augment or self.loaders.train_tf  # what decides a cached row
+        cache = (open_cache(teacher, data, views, self.seed, options.cache_dir, options.cache_topk, info)
+                 if recipe.teacher_cache else None)
         if self.cuda:
             torch.backends.cudnn.benchmark = True
         self.teacher_side = TeacherSide(teacher, recipe, info, cache=cache, compile=options.compile_teacher,
@@ -222,6 +223,8 @@ class Trainer:
         for images, labels, indices, seeds in loaders.train_loader:
             batch = Batch(images.to(self.device, non_blocking=True),
                           labels.to(self.device, non_blocking=True), indices.numpy(), seeds.numpy())
+            if loaders.augment is not None:
+                batch.images = loaders.augment(batch.images, batch.seeds)
             if self.cuda:
                 batch.images = batch.images.contiguous(memory_format=torch.channels_last)
             self.step(batch)

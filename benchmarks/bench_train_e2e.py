@@ -5,7 +5,9 @@ Every figure is images/s from the second epoch on (the first pays one-off costs 
 - pipeline: the input pipeline alone, timm's loader (decodes every JPEG every epoch) against autokd's
   (decoded once into a memory-mapped file, augmented by the same timm transforms).
 - timm: timm's loader and transforms + `timm.task.LogitDistillationTask` + timm's optimiser factory.
-- autokd live: `train_student` with a live teacher (the images/s it reports: its epoch loops, data included).
+- autokd live: `train_student` with a live teacher (the images/s it reports: its epoch loops, data included),
+  with the recipe's `standard` augmentation (timm's PIL pipeline) and, on small images, `tensor` (the same
+  augmentation as tensor ops on the whole batch).
 - autokd cache: `train_student` of a second student on the teacher cache that the first student filled
   (what every later student, recipe or `--refine` rung of a search sees): no teacher forward.
 - K together: `train_students` with K students on one teacher pass; student-images/s = K x its images/s,
@@ -33,6 +35,7 @@ import torch  # noqa: E402
 import torch.nn as nn  # noqa: E402
 
 from autokd.data import load_data, subset_data  # noqa: E402
+from autokd.data.pixels import decode_once  # noqa: E402
 from autokd.recipes import Recipe  # noqa: E402
 from autokd.spaces import ArchSpec  # noqa: E402
 from autokd.teachers import resolve_teacher  # noqa: E402
@@ -127,38 +130,42 @@ def bench_pair(pair: dict[str, Any], images: int, batch: int, epochs: int, ks: l
         rows.append({"pair": pair["name"], "path": path, "images_per_second": ips, **extra})
         print(f"{pair['name']:40s} {path:28s} {ips:10.1f} img/s", flush=True)
 
+    augs = ["standard"] + (["tensor"] if decode_once(data, tmp / "pixels") is not None else [])
     add("pipeline timm", _timm_pipeline(data, recipe, teacher, batch, workers, device))
-    add("pipeline autokd", _autokd_pipeline(data, recipe, teacher, info, batch, workers, tmp))
+    for aug in augs:
+        add(f"pipeline autokd {aug}", _autokd_pipeline(data, recipe.replace(augmentation=aug), teacher, info,
+                                                       batch, workers, tmp))
     add("timm live", _timm_loop(pair, data, recipe, teacher, batch, epochs, workers, device))
     common = dict(device=str(device), num_workers=workers, progress=False, cache_dir=tmp / "cache",
                   evaluate_teacher=False, heldout=0)
     n = 0
 
-    def run(k: int, cache: bool) -> float:
+    def run(k: int, aug: str, cache: bool) -> float:
         nonlocal n
         students = [_student(pair, data.num_classes, img, seed=100 + n + i) for i in range(k)]
         outs = [tmp / f"run{n}-{i}" for i in range(k)]
         n += 1
-        results = train_students(students, teacher, data, recipe.replace(teacher_cache=cache), outs, **common)
-        return _steady(results[0].history)
+        r = recipe.replace(augmentation=aug, teacher_cache=cache)
+        return _steady(train_students(students, teacher, data, r, outs, **common)[0].history)
 
-    single_live = run(1, False)
-    add("autokd live", single_live)
-    add("autokd cache (filling)", run(1, True))
-    single_warm = run(1, True)
-    add("autokd cache (warm)", single_warm)
+    single = {}
+    for aug in augs:
+        single[aug, False] = run(1, aug, False)
+        add(f"autokd {aug} live", single[aug, False])
+        add(f"autokd {aug} cache (filling)", run(1, aug, True))
+        single[aug, True] = run(1, aug, True)
+        add(f"autokd {aug} cache (warm)", single[aug, True])
+    aug = augs[-1]
     for k in ks:
-        ips = k * run(k, False)
-        add(f"{k} together live", ips, k=k, ratio_to_k_singles=ips / (k * single_live))
-        ips = k * run(k, True)
-        add(f"{k} together cache (warm)", ips, k=k, ratio_to_k_singles=ips / (k * single_warm))
+        for cache in (False, True):
+            ips = k * run(k, aug, cache)
+            add(f"{k} together {aug} {'cache (warm)' if cache else 'live'}", ips, k=k,
+                ratio_to_k_singles=ips / (k * single[aug, cache]))
     base = next(r["images_per_second"] for r in rows if r["path"] == "timm live")
-    for r in rows:
-        if not r["path"].startswith("pipeline") and r.get("k") is None:
-            r["ratio_to_timm"] = r["images_per_second"] / base
     pipe = next(r["images_per_second"] for r in rows if r["path"] == "pipeline timm")
-    rows[1]["ratio_to_timm"] = rows[1]["images_per_second"] / pipe
-    rows[0]["ratio_to_timm"] = 1.0
+    for r in rows:
+        if r.get("k") is None:
+            r["ratio_to_timm"] = r["images_per_second"] / (pipe if r["path"].startswith("pipeline") else base)
     return rows
 
 
@@ -188,15 +195,16 @@ def _timm_pipeline(data, recipe, teacher, batch, workers, device) -> float:
 
 
 def _autokd_pipeline(data, recipe, teacher, info, batch, workers, tmp: Path) -> float:
-    from autokd.data.pixels import decode_once
-
+    """autokd's loader over decoded rows, and the batch augmentation where the recipe asks for it."""
     decoded = decode_once(data, tmp / "pixels") or data
     loaders = TrainData(decoded, recipe, Inputs.of(teacher), info, seed=0, heldout=0, num_workers=workers,
                         cuda=info.device.type == "cuda")
     for epoch in range(2):  # the second epoch reads decoded rows: what every epoch but the first sees
         loaders.sampler.set_epoch(epoch)
         start, seen = time.perf_counter(), 0
-        for x, *_ in loaders.train_loader:
+        for x, _, _, seeds in loaders.train_loader:
+            if loaders.augment is not None:
+                x = loaders.augment(x.to(info.device), seeds.numpy())
             seen += len(x)
     return seen / (time.perf_counter() - start)
 

@@ -115,35 +115,66 @@ def run_dir(runs: Path, spec_json: str, kind: str, seed: int) -> Path:
     return runs / digest / f"{kind}-s{seed}"
 
 
-def train_one(spec_json: str, kind: str, seed: int) -> dict:
-    """Train one student (kind 'kd' or 'cls') in its own run folder; reuse or resume what is there."""
+def train_group(jobs: list[tuple[str, str, int]]) -> list[dict]:
+    """Train students of one space, kind ('kd' or 'cls') and seed together, one teacher pass per batch, each in
+    its own run folder; reuse finished runs and resume interrupted ones."""
     import torch
 
     from autokd.recipes import CNN_SPACES, load_recipe
     from autokd.spaces import ArchSpec
-    from autokd.train import TrainResult, build_from_spec, no_kd, train_student
+    from autokd.train import TrainResult, build_from_spec, no_kd, train_students
 
     args, data, teacher = _STATE["args"], _STATE["data"], _STATE["teacher"]
-    folder = run_dir(Path(args.runs), spec_json, kind, seed)
-    done = folder / "results.json"
-    result = TrainResult.load(done) if done.is_file() else None
-    if result is None or result.stopped is not None:
-        space = ArchSpec.from_json(spec_json).space
-        name = args.recipe if args.recipe != "auto" else (args.cnn_recipe if space in CNN_SPACES else args.vit_recipe)
-        recipe = load_recipe(name, epochs=args.epochs, batch_size=args.batch_size,
-                             teacher_cache=args.teacher_cache and kind == "kd")
-        recipe = recipe if kind == "kd" else no_kd(recipe)
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)  # the same initial weights for kd and cls
-            student = build_from_spec(ArchSpec.from_json(spec_json), data.num_classes, IMG_SIZE)
-        result = train_student(student, teacher if kind == "kd" else None, data, recipe, folder,
-                               device=args.device, resume=(folder / "last.pt").is_file(), seed=seed,
-                               num_workers=0, progress=False, img_size=IMG_SIZE,
-                               cache_dir=Path(args.runs) / "teacher_cache", evaluate_teacher=False,
-                               heldout=0)  # no selection: train on the whole subset, test read once
-    return {"spec": spec_json, "kind": kind, "seed": seed, "top1": result.top1, "best_top1": result.best_top1,
-            "macs": result.macs, "params": result.params, "epochs": result.epochs, "device": result.device,
-            "teacher_top1": result.teacher_top1, "seconds": result.seconds}
+    (_, kind, seed), space = jobs[0], ArchSpec.from_json(jobs[0][0]).space
+    name = args.recipe if args.recipe != "auto" else (args.cnn_recipe if space in CNN_SPACES else args.vit_recipe)
+    recipe = load_recipe(name, epochs=args.epochs, batch_size=args.batch_size,
+                         teacher_cache=args.teacher_cache and kind == "kd")
+    recipe = recipe if kind == "kd" else no_kd(recipe)
+    results: dict[str, TrainResult] = {}
+    pending = []
+    for spec_json, _, _ in jobs:
+        done = run_dir(Path(args.runs), spec_json, kind, seed) / "results.json"
+        result = TrainResult.load(done) if done.is_file() else None
+        if result is not None and result.stopped is None:
+            results[spec_json] = result
+        else:
+            pending.append(spec_json)
+    # runs with a last.pt resume together (they were written together), the others start together
+    started = [s for s in pending if (run_dir(Path(args.runs), s, kind, seed) / "last.pt").is_file()]
+    for group, resume in ((started, True), ([s for s in pending if s not in started], False)):
+        if not group:
+            continue
+        students = []
+        for spec_json in group:
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(seed)  # the same initial weights for kd and cls
+                students.append(build_from_spec(ArchSpec.from_json(spec_json), data.num_classes, IMG_SIZE))
+        outs = [run_dir(Path(args.runs), s, kind, seed) for s in group]
+        trained = train_students(students, teacher if kind == "kd" else None, data, recipe, outs,
+                                 device=args.device, resume=resume, seed=seed, num_workers=0, progress=False,
+                                 img_size=IMG_SIZE, cache_dir=Path(args.runs) / "teacher_cache",
+                                 evaluate_teacher=False, heldout=0)  # no selection: test read once
+        results.update(zip(group, trained))
+    return [{"spec": s, "kind": kind, "seed": seed, "top1": r.top1, "best_top1": r.best_top1, "macs": r.macs,
+             "params": r.params, "epochs": r.epochs, "device": r.device, "teacher_top1": r.teacher_top1,
+             "seconds": r.seconds} for s, r in ((s, results[s]) for s, _, _ in jobs)]
+
+
+def groups_of(jobs: list[tuple[str, str, int]], together: int) -> list[list[tuple[str, str, int]]]:
+    """Consecutive jobs of one space, kind and seed, `together` at most per group, in the jobs' order."""
+    from autokd.spaces import ArchSpec
+
+    open_groups: dict[tuple, list] = {}
+    groups = []
+    for job in jobs:
+        key = (ArchSpec.from_json(job[0]).space, job[1], job[2])
+        group = open_groups.setdefault(key, [])
+        if not group:
+            groups.append(group)
+        group.append(job)
+        if len(group) == together:
+            del open_groups[key]
+    return groups
 
 
 def teacher_weights(args: argparse.Namespace) -> str | None:
@@ -167,7 +198,7 @@ def teacher_weights(args: argparse.Namespace) -> str | None:
 
 
 def recorded(out: Path, spec_json: str, kind: str, seed: int) -> dict | None:
-    """A training that `out` (the ground-truth CSV) already holds, as `train_one` returns it; None if absent."""
+    """A training that `out` (the ground-truth CSV) already holds, as `train_group` returns it; None if absent."""
     if not out.is_file():
         return None
     frame = _read_rows(str(out), out.stat().st_mtime)
@@ -244,6 +275,8 @@ def main(argv: list[str] | None = None) -> Path:
     p.add_argument("--seed", type=int, default=0, help="sampling seed")
     p.add_argument("--device", default="auto")
     p.add_argument("--workers", type=int, default=1, help="parallel training processes")
+    p.add_argument("--together", type=int, default=1,
+                   help="students of one space and seed trained together, one teacher pass per batch")
     p.add_argument("--threads", type=int, help="torch threads per process (default cores / workers)")
     p.add_argument("--runs", default=str(ROOT / "runs" / "gt_cifar10"), help="run folders (resumable)")
     p.add_argument("--out", default=str(RESULTS_DIR / "gt_cifar10.csv"))
@@ -285,14 +318,16 @@ def main(argv: list[str] | None = None) -> Path:
     results = [r for job in jobs if (r := recorded(out, *job)) is not None]  # the CSV resumes without run folders
     jobs = [job for job in jobs if recorded(out, *job) is None]
     start = time.perf_counter()
+    done = 0
     with ProcessPoolExecutor(args.workers, mp_context=get_context("spawn"), initializer=_init_worker,
                              initargs=(args, weights)) as pool:
-        futures = [pool.submit(train_one, *job) for job in jobs]
-        for i, future in enumerate(as_completed(futures), 1):
-            results.append({**future.result(), "teacher_top1": teacher_top1})
-            r = results[-1]
-            print(f"[{i}/{len(jobs)}] {r['kind']} s{r['seed']} {r['macs'] / 1e6:.1f}M top1 {r['top1']:.2f}% "
-                  f"({r['seconds']:.0f} s; {time.perf_counter() - start:.0f} s total)", flush=True)
+        futures = [pool.submit(train_group, group) for group in groups_of(jobs, args.together)]
+        for future in as_completed(futures):
+            for r in future.result():
+                done += 1
+                results.append({**r, "teacher_top1": teacher_top1})
+                print(f"[{done}/{len(jobs)}] {r['kind']} s{r['seed']} {r['macs'] / 1e6:.1f}M top1 {r['top1']:.2f}% "
+                      f"({r['seconds']:.0f} s; {time.perf_counter() - start:.0f} s total)", flush=True)
             rows = rows_from(results, note, kinds)
             if not rows.empty:
                 tmp = out.with_suffix(".tmp")

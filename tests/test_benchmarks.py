@@ -172,3 +172,39 @@ def test_search_quality_compares_autokds_pick_with_hand_and_random(tmp_path, fol
     specs = bench_search_quality.random_specs(5, 10_000_000, seed=3)
     assert len(set(specs)) == 5 and all(count_macs(space.build(s, 10), 32) <= 10_000_000 for s in specs)
     assert specs == bench_search_quality.random_specs(5, 10_000_000, seed=3)
+
+
+def test_end_to_end_training_benchmark_compares_every_path_with_timm(tmp_path, monkeypatch, capsys):
+    import bench_train_e2e
+
+    if not bench_train_e2e.CIFAR.is_file():
+        pytest.skip(f"no CIFAR-10 zip at {bench_train_e2e.CIFAR}")
+    monkeypatch.setattr("autokd.train.trainer.CACHE_ROOT", tmp_path / "cache")
+    out = tmp_path / "e2e.json"
+    bench_train_e2e.main(["--small", "--images", "96", "--batch-size", "16", "--k", "2", "--threads", "1",
+                          "--json", str(out)])
+    rows = {r["path"]: r for r in json.loads(out.read_text())["rows"]}
+    assert set(rows) >= {"pipeline timm", "pipeline autokd standard", "pipeline autokd tensor", "timm live",
+                         "autokd standard live", "autokd tensor cache (warm)", "2 together tensor live"}
+    assert all(r["images_per_second"] > 0 for r in rows.values())
+    assert rows["timm live"]["ratio_to_timm"] == 1.0 and rows["pipeline timm"]["ratio_to_timm"] == 1.0
+    live = rows["autokd standard live"]
+    assert live["ratio_to_timm"] == pytest.approx(live["images_per_second"] / rows["timm live"]["images_per_second"])
+    k2 = rows["2 together tensor live"]
+    assert k2["ratio_to_k_singles"] == pytest.approx(
+        k2["images_per_second"] / (2 * rows["autokd tensor live"]["images_per_second"]))
+    assert "End-to-end KD training" in capsys.readouterr().out
+
+
+def test_ground_truth_groups_students_of_one_space_kind_and_seed():
+    import build_ground_truth
+
+    cnn = ['{"genes": {"depths": [1, 1, 1], "shortcut": "A", "widths": [8, 8, 8]}, "space": "cifar_resnet"}',
+           '{"genes": {"depths": [2, 1, 1], "shortcut": "A", "widths": [8, 8, 8]}, "space": "cifar_resnet"}',
+           '{"genes": {"depths": [3, 1, 1], "shortcut": "A", "widths": [8, 8, 8]}, "space": "cifar_resnet"}']
+    vit = '{"genes": {"depth": 2, "embed_dim": 64, "mlp_ratio": 2.0, "num_heads": 2, "patch_size": 4}, "space": "vit"}'
+    jobs = [(cnn[0], "kd", 0), (vit, "kd", 0), (cnn[1], "kd", 0), (cnn[0], "kd", 1), (cnn[2], "kd", 0)]
+    groups = build_ground_truth.groups_of(jobs, together=2)
+    assert groups == [[jobs[0], jobs[2]], [jobs[1]], [jobs[3]], [jobs[4]]]
+    assert build_ground_truth.groups_of(jobs, together=1) == [[job] for job in jobs]
+    assert build_ground_truth.groups_of(jobs, together=5) == [[jobs[0], jobs[2], jobs[4]], [jobs[1]], [jobs[3]]]

@@ -113,10 +113,11 @@ def bench_pair(teacher_name: str, student_name: str, img: int, batch: int, steps
     if compile_:
         paths.append(("autokd live+compile", lambda: _autokd_step(*args, tmp, cache=False, compile_=True)))
     paths.append(("autokd cache", lambda: _autokd_step(*args, tmp, cache=True, compile_=False)))
+    steps_by_path = {name: make() for name, make in paths}
+    seconds_by_path, memory = _time_interleaved(steps_by_path, steps, warmup, device)
     rows = []
-    for name, make in paths:
-        step = make()
-        seconds, memory = _time(step, steps, warmup, device)
+    for name in steps_by_path:
+        seconds = seconds_by_path[name]
         flops = 2 * (3 * s_macs + (0 if "cache" in name else t_macs)) * batch
         rows.append({"pair": pair, "path": name, "images_per_second": batch / seconds,
                      "step_ms": 1e3 * seconds, "mfu": flops / seconds / peak if peak else None,
@@ -124,10 +125,10 @@ def bench_pair(teacher_name: str, student_name: str, img: int, batch: int, steps
                      "teacher_gmacs": t_macs / 1e9, "student_gmacs": s_macs / 1e9,
                      "teacher_share_of_flops": t_macs / (t_macs + 3 * s_macs)})
         print(f"{pair:40s} {name:22s} {batch / seconds:10.1f} img/s", flush=True)
-        del step
-        gc.collect()
-        if device.type == "cuda":
-            torch.cuda.empty_cache()
+    del steps_by_path
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
     base = next(r["images_per_second"] for r in rows if r["path"] == "timm")
     compiled = next((r["images_per_second"] for r in rows if r["path"] == "timm+compile"), None)
     for r in rows:
@@ -198,9 +199,26 @@ def _autokd_step(teacher: Teacher, student_name: str, img: int, images, labels, 
     return lambda: trainer.step(b)
 
 
+def _time_interleaved(steps_by_path: dict[str, Any], steps: int, warmup: int, device: torch.device,
+                      rounds: int = 5) -> tuple[dict[str, float], float]:
+    """Median seconds per step of each path over `rounds` rounds that time every path in turn (so a load
+    that comes and goes on a shared machine hits every path alike), and the peak GPU memory in GB."""
+    for step in steps_by_path.values():
+        _time(step, 1, warmup, device)
+    per_round = max(1, steps // rounds)
+    times: dict[str, list[float]] = {name: [] for name in steps_by_path}
+    memory = 0.0
+    for _ in range(rounds):
+        for name, step in steps_by_path.items():
+            seconds, peak = _time(step, per_round, 0, device)
+            times[name].append(seconds)
+            memory = max(memory, peak)
+    return {name: float(np.median(t)) for name, t in times.items()}, memory
+
+
 def _time(step, steps: int, warmup: int, device: torch.device) -> tuple[float, float]:
     """Mean seconds per step over `steps` after `warmup` steps, and the peak GPU memory in GB."""
-    for _ in range(max(warmup, 1)):  # the first step also fills the cache
+    for _ in range(warmup):  # the first step also fills the cache
         step()
     if device.type == "cuda":
         torch.cuda.synchronize()

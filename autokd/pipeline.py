@@ -26,7 +26,7 @@ from autokd.io import write_csv, write_json, write_text
 from autokd.recipes import CNN_SPACES, Recipe, default_recipe, load_recipe
 from autokd.report import leaderboard
 from autokd.search import SearchConfig, SearchResult, run_search
-from autokd.train import TrainResult, student_from_trial, train_student
+from autokd.train import TrainResult, student_from_trial, train_students
 
 log = logging.getLogger("autokd")
 
@@ -98,38 +98,45 @@ def run_pipeline(
     data = ctx.data if config.data is not None else load_data(None, img_size=teacher.img_size, seed=config.seed)
     results: dict[int, TrainResult] = {}
     skipped: list[int] = []
+    pending: dict[str, list[dict]] = {}  # recipe -> candidates still to train
     for row in chosen.to_dict("records"):
         rank, trial = int(row["rank"]), int(row["trial"])
         name = recipe or default_recipe(row["space"])
-        run_recipe = recipes[name]
-        folder = out / "train" / str(rank)
-        finished = _check_folder(folder, trial, row["spec_json"], run_recipe)
-        key = f"stage/train/{rank}"
+        finished = _check_folder(out / "train" / str(rank), trial, row["spec_json"], recipes[name])
         if finished is not None:
             results[rank] = finished
             skipped.append(rank)
-            study.set_user_attr(key, "done")
-            continue
-        resume = (folder / "last.pt").is_file()
-        study.set_user_attr(key, "running")
-        study.set_user_attr(f"artifacts/train/{rank}", {"dir": str(folder), "trial": trial, "recipe": name})
-        log.info("%s student %d/%d (trial #%d, %s) with recipe %s in %s", "resuming" if resume else "training",
-                 rank, len(chosen), trial, row["arch"], name, folder)
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(config.seed + rank)  # the same initial weights on a fresh rerun
-            student = student_from_trial(search.storage_url, study.study_name, trial, ctx.evaluator.num_classes)
-        result = train_student(student, teacher, data, run_recipe, folder, device=config.device, resume=resume,
-                               seed=config.seed, baseline=baseline, num_workers=num_workers,
-                               compile_teacher=compile, compile_student=compile, progress=progress)
-        results[rank] = result
-        if result.stopped is not None:
-            log.warning("training of student %d stopped (%s): run the same command again to resume", rank,
-                        result.stopped)
+            study.set_user_attr(f"stage/train/{rank}", "done")
+        else:
+            pending.setdefault(name, []).append(row)
+    groups = [(name, group) for name, rows in pending.items() for group in _resume_groups(rows, out)]
+    for name, (group, resume) in groups:
+        students, folders = [], []
+        for row in group:
+            rank, trial = int(row["rank"]), int(row["trial"])
+            folders.append(out / "train" / str(rank))
+            study.set_user_attr(f"stage/train/{rank}", "running")
+            study.set_user_attr(f"artifacts/train/{rank}", {"dir": str(folders[-1]), "trial": trial, "recipe": name})
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(config.seed + rank)  # the same initial weights on a fresh rerun
+                students.append(student_from_trial(search.storage_url, study.study_name, trial,
+                                                   ctx.evaluator.num_classes))
+        log.info("%s student(s) %s together (one teacher pass per batch) with recipe %s",
+                 "resuming" if resume else "training", ", ".join(str(r["rank"]) for r in group), name)
+        trained = train_students(students, teacher, data, recipes[name], folders, device=config.device,
+                                 resume=resume, seed=config.seed, baseline=baseline, num_workers=num_workers,
+                                 compile_teacher=compile, compile_student=compile, progress=progress)
+        for row, folder, result in zip(group, folders, trained):
+            rank = int(row["rank"])
+            results[rank] = result
+            if result.stopped is None:
+                study.set_user_attr(f"stage/train/{rank}", "done")
+                study.set_user_attr(f"artifacts/train/{rank}", {
+                    "dir": str(folder), "trial": int(row["trial"]), "recipe": name,
+                    "results": str(folder / "results.json"), "checkpoint": result.best_checkpoint})
+        if any(r.stopped is not None for r in trained):
+            log.warning("training stopped (%s): run the same command again to resume", trained[0].stopped)
             break
-        study.set_user_attr(key, "done")
-        study.set_user_attr(f"artifacts/train/{rank}", {"dir": str(folder), "trial": trial, "recipe": name,
-                                                        "results": str(folder / "results.json"),
-                                                        "checkpoint": result.best_checkpoint})
 
     complete = len(results) == len(chosen) and all(r.stopped is None for r in results.values())
     trained = trained_frame(chosen, results, config.objective)
@@ -140,6 +147,14 @@ def run_pipeline(
         study.set_user_attr("artifacts/report", {"trained": str(out / "trained.csv"),
                                                  "report": str(out / "report.html")})
     return RunResult(search, trained, results, out, time.perf_counter() - start, complete, skipped)
+
+
+def _resume_groups(rows: list[dict], out: Path) -> list[tuple[list[dict], bool]]:
+    """The candidates whose training has a last.pt (they were trained together: resume them together), then
+    the others (start them together)."""
+    started = [r for r in rows if (out / "train" / str(r["rank"]) / "last.pt").is_file()]
+    fresh = [r for r in rows if r not in started]
+    return [(group, resume) for group, resume in ((started, True), (fresh, False)) if group]
 
 
 def _check_folder(folder: Path, trial: int, spec_json: str, recipe: Recipe) -> TrainResult | None:

@@ -24,47 +24,52 @@ def test_run_resumes_after_a_kill_without_redoing_search_or_finished_training(tm
     out = tmp_path / "run"
     config = SearchConfig(teacher="resnet20_cifar", teacher_weights=str(weights), data=str(folder), budget="5M",
                           spaces=("cifar_resnet",), trials=6, population_size=4, tournament_size=2, batch_size=10)
-    real = pipeline.train_student
+    real = pipeline.train_students
     calls = []
 
-    def killed_during_second(student, teacher, data, recipe, folder, **kw):
-        calls.append((folder.name, kw["resume"]))
-        if folder.name == "2":  # train 3 steps of the first epoch, then die as SIGKILL would: last.pt only
-            real(student, teacher, data, recipe, folder, **{**kw, "max_steps": 3})
-            (folder / "results.json").unlink()
-            raise KeyboardInterrupt
-        return real(student, teacher, data, recipe, folder, **kw)
+    def killed_mid_training(students, teacher, data, recipe, folders, **kw):
+        calls.append(([f.name for f in folders], kw["resume"]))
+        # both students train 3 steps of the first epoch together, then die as SIGKILL would: last.pt only
+        real(students, teacher, data, recipe, folders, **{**kw, "max_steps": 3})
+        for f in folders:
+            (f / "results.json").unlink()
+        raise KeyboardInterrupt
 
-    monkeypatch.setattr(pipeline, "train_student", killed_during_second)
+    monkeypatch.setattr(pipeline, "train_students", killed_mid_training)
     with pytest.raises(KeyboardInterrupt):
         pipeline.run_pipeline(config, out, train_top=2, epochs=2, batch_size=16, num_workers=0, progress=False)
     study, trials = complete_trials(out)
     assert len(trials) == 6 and study.user_attrs["stage/search"] == "done"
-    assert study.user_attrs["stage/train/1"] == "done" and study.user_attrs["stage/train/2"] == "running"
-    first = out / "train" / "1" / "results.json"
-    assert first.is_file() and (out / "train" / "2" / "last.pt").is_file()
-    assert not (out / "train" / "2" / "results.json").exists()
-    mtime = first.stat().st_mtime_ns
-    assert calls == [("1", False), ("2", False)]
+    assert study.user_attrs["stage/train/1"] == study.user_attrs["stage/train/2"] == "running"
+    for rank in ("1", "2"):
+        assert (out / "train" / rank / "last.pt").is_file() and not (out / "train" / rank / "results.json").exists()
+    assert calls == [(["1", "2"], False)]  # one teacher pass per batch for both students
 
-    # the same command again, through the CLI: no new trials, rank 1 reused, rank 2 resumed from last.pt
+    # the same command again, through the CLI: no new trials, both students resumed together from last.pt
     calls.clear()
-    monkeypatch.setattr(pipeline, "train_student", lambda *a, **kw: calls.append((a[4].name, kw["resume"]))
-                        or real(*a, **kw))
+    monkeypatch.setattr(pipeline, "train_students", lambda *a, **kw: calls.append(([f.name for f in a[4]],
+                                                                                    kw["resume"])) or real(*a, **kw))
     argv = ["run", "--teacher", "resnet20_cifar", "--teacher-weights", str(weights), "--data", str(folder),
             "--budget", "5M", "--space", "cifar_resnet", "--trials", "6", "--population", "4", "--tournament", "2",
             "--batch-size", "10", "--train-top", "2", "--epochs", "2", "--train-batch-size", "16",
             "--loader-workers", "0", "--out", str(out), "--quiet"]
     assert main(argv) == 0, capsys.readouterr().err
-    stdout = capsys.readouterr().out
-    assert calls == [("2", True)]
+    capsys.readouterr()
+    assert calls == [(["1", "2"], True)]
     study, after = complete_trials(out)
     assert after == trials
-    assert first.stat().st_mtime_ns == mtime
     second = json.loads((out / "train" / "2" / "results.json").read_text())
     assert second["stopped"] is None and second["epochs"] == 2 and len(second["history"]) == 2
+    assert second["students_together"] == 2
     assert study.user_attrs["stage/train/2"] == "done" and study.user_attrs["stage/report"] == "done"
     assert study.user_attrs["artifacts/train/2"]["results"].endswith("train/2/results.json")
+    mtime = (out / "train" / "1" / "results.json").stat().st_mtime_ns
+
+    # and again: every training is finished, so nothing is trained and both results are reused as they are
+    calls.clear()
+    assert main(argv) == 0
+    stdout = capsys.readouterr().out
+    assert calls == [] and (out / "train" / "1" / "results.json").stat().st_mtime_ns == mtime
 
     trained = pd.read_csv(out / "trained.csv")
     assert list(trained["proxy_rank"]) == [1, 2] and trained["top1"].notna().all()
@@ -74,7 +79,7 @@ def test_run_resumes_after_a_kill_without_redoing_search_or_finished_training(tm
     best = board.iloc[0]
     assert trained["trial"].iloc[0] == best["trial"] and (trained["macs"] <= 5e6).all()
     assert "Trained students" in (out / "report.html").read_text()
-    assert "proxy rank" in stdout and "1 finished training(s) reused" in stdout
+    assert "proxy rank" in stdout and "2 finished training(s) reused" in stdout
 
     # other epochs into the same folder: refused, never mixed with the finished run
     with pytest.raises(AutokdError, match="recipe or epochs"):

@@ -72,6 +72,13 @@ def batch_augment(augmentation: str, inputs: Inputs, data: ImageDataset) -> Batc
     return BatchAugment(inputs.img_size, inputs.mean, inputs.std, scale=crop_scale(inputs.img_size))
 
 
+def train_steps_per_epoch(data: ImageDataset, recipe: Recipe, heldout: float = HELDOUT_FRACTION,
+                          world_size: int = 1) -> int:
+    """The optimiser steps of one epoch: what `TrainData` gives for this data, recipe and held-out share."""
+    n = len(split_indices(data.train.labels, heldout, seed=0)[0]) if heldout > 0 else len(data.train)
+    return (n // world_size) // (recipe.batch_size // world_size)
+
+
 class TrainData:
     """Seeded train views and their sampler, the held-out split that selects checkpoints, the test split.
 

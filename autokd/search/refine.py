@@ -1,0 +1,124 @@
+"""`--refine N`: the top N of the training-free ranking distilled briefly, in rungs of successive halving.
+
+Each candidate is a trial of the study `<search study>-refine`. Every surviving candidate trains one more epoch
+of one KD schedule (all together, one teacher pass per batch) and reports its held-out top-1 as the trial's
+intermediate value at that epoch; Optuna's SuccessiveHalvingPruner stops all but the best 1/eta at each rung
+(epochs min_epochs x eta^k). The test split is never read.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import optuna
+import pandas as pd
+import torch
+
+from autokd.data import ImageDataset, subset_data
+from autokd.errors import AutokdError
+from autokd.recipes import Recipe
+from autokd.search.study import open_storage
+from autokd.spaces import ArchSpec
+from autokd.teachers import Teacher
+from autokd.train import build_from_spec, train_students
+from autokd.train.inputs import train_steps_per_epoch
+
+log = logging.getLogger("autokd")
+
+
+@dataclass(frozen=True)
+class RefineConfig:
+    """How many candidates, the KD schedule's length, the halving rate, and the images it trains on."""
+
+    top: int = 9
+    epochs: int = 3
+    min_epochs: int = 1
+    eta: int = 3
+    images: int | None = 2000
+    seed: int = 0
+
+    def check(self) -> None:
+        if self.top < 2:
+            raise AutokdError(f"--refine needs at least 2 candidates to compare, got {self.top}")
+        if not 1 <= self.min_epochs <= self.epochs:
+            raise AutokdError(f"refine epochs must satisfy 1 <= min epochs <= epochs, got {self.min_epochs} and "
+                              f"{self.epochs}")
+        if self.eta < 2:
+            raise AutokdError(f"the halving rate eta must be at least 2, got {self.eta}")
+
+
+def refine(board: pd.DataFrame, teacher: Teacher, data: ImageDataset, recipe: Recipe, out: Path,
+           storage_url: str, study_name: str, config: RefineConfig, *, img_size: int, device: str = "auto",
+           progress: bool = False) -> pd.DataFrame:
+    """Train the top `config.top` distinct specs of `board` (a leaderboard, best first) by successive halving;
+    returns one row per candidate: proxy rank, held-out top-1 per epoch reached, refine rank, status."""
+    config.check()
+    if not teacher.pretrained:
+        raise AutokdError("--refine distils the candidates: give the teacher's trained weights (--teacher-weights)")
+    chosen = board.drop_duplicates("spec_json").head(config.top).reset_index(drop=True)
+    data = replace(data, test=None)  # a copy without the test split: every figure is a held-out one
+    if config.images:
+        data = subset_data(data, config.images, None, config.seed)
+    recipe = recipe.replace(epochs=config.epochs)
+    steps = train_steps_per_epoch(data, recipe)
+    study = optuna.create_study(
+        study_name=f"{study_name}-refine", storage=open_storage(storage_url), direction="maximize",
+        load_if_exists=True,
+        pruner=optuna.pruners.SuccessiveHalvingPruner(min_resource=config.min_epochs, reduction_factor=config.eta))
+    if study.get_trials(deepcopy=False):
+        raise AutokdError(f"study {study.study_name!r} already holds a refinement: delete it (optuna "
+                          "delete-study) or search into another --out")
+    trials, students, folders = {}, {}, {}
+    for row in chosen.to_dict("records"):
+        rank = int(row["rank"])
+        trial = study.ask()
+        trial.set_user_attr("spec", ArchSpec.from_json(row["spec_json"]).as_dict())
+        trial.set_user_attr("proxy_rank", rank)
+        trial.set_user_attr("search_trial", int(row["trial"]))
+        trials[rank] = trial
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(config.seed + rank)
+            students[rank] = build_from_spec(ArchSpec.from_json(row["spec_json"]), data.num_classes, img_size)
+        folders[rank] = out / "refine" / str(rank)
+    values: dict[int, dict[int, float]] = {rank: {} for rank in trials}
+    alive = list(trials)
+    for epoch in range(1, config.epochs + 1):
+        results = train_students([students[r] for r in alive], teacher, data, recipe, [folders[r] for r in alive],
+                                 device=device, resume=epoch > 1, seed=config.seed, max_steps=epoch * steps,
+                                 evaluate_teacher=False, progress=progress)
+        survivors = []
+        for rank, result in zip(alive, results):
+            value = result.history[-1]["heldout_top1"]
+            values[rank][epoch] = value
+            trial = trials[rank]
+            trial.report(value, epoch)
+            if epoch == config.epochs:
+                study.tell(trial, value)
+            elif trial.should_prune():
+                study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+            else:
+                survivors.append(rank)
+        log.info("refine epoch %d/%d: %d candidate(s) trained, %d go on", epoch, config.epochs, len(alive),
+                 len(survivors))
+        alive = survivors
+        if not alive:
+            break
+    return refine_frame(chosen, values, config.epochs)
+
+
+def refine_frame(chosen: pd.DataFrame, values: dict[int, dict[int, float]], epochs: int) -> pd.DataFrame:
+    """Candidates ranked by the furthest epoch they reached, then by their held-out top-1 there."""
+    rows = []
+    for row in chosen.to_dict("records"):
+        rank = int(row["rank"])
+        reached = max(values[rank]) if values[rank] else 0
+        rows.append({"proxy_rank": rank, "trial": int(row["trial"]), "arch": row["arch"], "macs": int(row["macs"]),
+                     "params": int(row["params"]), "epochs_reached": reached,
+                     "heldout_top1": values[rank].get(reached, float("nan")),
+                     **{f"epoch{e}_heldout_top1": values[rank].get(e, float("nan")) for e in range(1, epochs + 1)},
+                     "status": "complete" if reached == epochs else "pruned"})
+    frame = pd.DataFrame(rows).sort_values(["epochs_reached", "heldout_top1"], ascending=False, kind="stable")
+    frame.insert(0, "refine_rank", range(1, len(frame) + 1))
+    return frame.reset_index(drop=True)

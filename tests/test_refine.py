@@ -1,0 +1,80 @@
+import optuna
+import pandas as pd
+import pytest
+import torch
+
+from autokd.data import IMAGENET_MEAN, IMAGENET_STD, synthetic_dataset
+from autokd.errors import AutokdError
+from autokd.recipes import Recipe
+from autokd.search.refine import RefineConfig, refine
+from autokd.spaces import ArchSpec
+from autokd.spaces.cifar_resnet import CifarResNet
+from autokd.teachers import Teacher
+from autokd.train import train_student
+
+SPECS = [ArchSpec.make("cifar_resnet", depths=[d, 1, 1], widths=[8, 8, w], shortcut="A")
+         for d, w in ((1, 8), (2, 16), (1, 16), (2, 8))]
+
+
+class NeverRead:
+    """A test split that fails the test if anything loads an image from it."""
+
+    def __init__(self, base):
+        self.base, self.labels, self.transform = base, base.labels, base.transform
+
+    def __len__(self):
+        return len(self.base)
+
+    def load_image(self, index):
+        raise AssertionError("the test split was read")
+
+    open_image = load_image
+
+
+@pytest.fixture(scope="module")
+def setting(tmp_path_factory):
+    data = synthetic_dataset(num_classes=4, train_size=160, test_size=16, img_size=32)
+    torch.manual_seed(1)
+    model = CifarResNet(depths=(1, 1, 1), widths=(8, 16, 32), num_classes=4)
+    train_student(model, None, data, Recipe.load("none").replace(epochs=3, batch_size=16, lr=0.1,
+                                                                 augmentation="none"),
+                  tmp_path_factory.mktemp("teacher"), progress=False)
+    teacher = Teacher(model=model.eval(), name="tiny", pretrained=True, img_size=32, mean=IMAGENET_MEAN,
+                      std=IMAGENET_STD, crop_pct=1.0, interpolation="bilinear", family="cifar_resnet",
+                      num_classes=4)
+    data.test = NeverRead(data.test)
+    board = pd.DataFrame([{"rank": i + 1, "trial": 10 + i, "arch": str(s), "macs": 1000 * (i + 1), "params": 10,
+                           "spec_json": s.to_json()} for i, s in enumerate(SPECS)])
+    return data, teacher, board
+
+
+def test_successive_halving_keeps_the_best_half_each_rung_on_held_out_accuracy(setting, tmp_path):
+    data, teacher, board = setting
+    recipe = Recipe.load("kd").replace(batch_size=16, lr=0.05, augmentation="none")
+    storage = f"sqlite:///{tmp_path / 's.db'}"
+    config = RefineConfig(top=4, epochs=3, min_epochs=1, eta=2, images=None)
+    frame = refine(board, teacher, data, recipe, tmp_path, storage, "st", config, img_size=32)
+    assert frame["status"][0] == "complete" and list(frame["refine_rank"]) == [1, 2, 3, 4]
+    indexed = frame.set_index("proxy_rank")
+    for epoch in (1, 2):  # who went on after each rung was at least as good as every candidate stopped there
+        went_on = indexed.index[indexed["epochs_reached"] > epoch]
+        stopped = indexed.index[indexed["epochs_reached"] == epoch]
+        values = indexed[f"epoch{epoch}_heldout_top1"]
+        assert len(went_on) and (not len(stopped) or min(values[went_on]) >= max(values[stopped]))
+    assert (indexed["epochs_reached"] == 1).sum() >= 1  # halving stopped someone after the first rung (eta 2)
+    study = optuna.load_study(study_name="st-refine", storage=storage)
+    states = [t.state.name for t in study.trials]
+    assert states.count("PRUNED") == (frame["status"] == "pruned").sum() and "COMPLETE" in states
+    best = study.best_trial
+    assert best.user_attrs["proxy_rank"] == frame["proxy_rank"][0]
+    assert best.value == frame["heldout_top1"][0] == best.intermediate_values[3]
+    assert sorted(best.intermediate_values) == [1, 2, 3]  # every rung is in the study
+    with pytest.raises(AutokdError, match="already holds a refinement"):
+        refine(board, teacher, data, recipe, tmp_path, storage, "st", config, img_size=32)
+
+
+def test_refine_settings_are_checked():
+    with pytest.raises(AutokdError, match="at least 2 candidates"):
+        RefineConfig(top=1).check()
+    with pytest.raises(AutokdError, match="min epochs"):
+        RefineConfig(epochs=2, min_epochs=3).check()

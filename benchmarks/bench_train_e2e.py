@@ -51,7 +51,7 @@ CIFAR = SHARED / "data" / "cifar10-jpeg.zip"
 IMAGENETTE = SHARED / "data" / "imagenette-160.zip"
 RESNET56 = SHARED / "teachers" / "cifar10_resnet56-4bfd9763.th"
 SMALL_SPEC = '{"genes": {"depths": [1, 1, 1], "shortcut": "A", "widths": [16, 16, 32]}, "space": "cifar_resnet"}'
-CPU_SPEC = '{"genes": {"depths": [2, 2, 2], "shortcut": "A", "widths": [16, 32, 64]}, "space": "cifar_resnet"}'
+CPU_SPEC = '{"genes": {"depths": [1, 1, 1], "shortcut": "A", "widths": [16, 32, 64]}, "space": "cifar_resnet"}'
 
 
 def main(argv: list[str] | None = None) -> int:

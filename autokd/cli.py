@@ -7,8 +7,33 @@ import logging
 import sys
 import warnings
 from pathlib import Path
+from typing import NoReturn
 
 from autokd.errors import AutokdError
+from autokd.io import check_writable_dir
+
+
+class _Parser(argparse.ArgumentParser):
+    """Usage errors in one line that points to --help (argparse prints the whole usage first)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message}; see `{self.prog} --help`\n")
+
+
+def _int_in(low: int, high: int | None = None):
+    """An argparse type: an integer from `low` to `high`."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+        if value < low or (high is not None and value > high):
+            raise argparse.ArgumentTypeError(f"{value} is out of range: give {low} to {high}" if high is not None
+                                             else f"{value} is out of range: give {low} or more")
+        return value
+
+    return parse
 
 
 def _csv(text: str) -> tuple[str, ...]:
@@ -125,7 +150,7 @@ def add_run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--epochs", type=int, help="override the recipe's epochs (warm-ups scale with it)")
     p.add_argument("--train-batch-size", type=int, help="override the recipe's global batch size")
     p.add_argument("--lr", type=float, help="override the recipe's learning rate")
-    p.add_argument("--loader-workers", type=int, help="data-loading processes for training")
+    p.add_argument("--loader-workers", type=_int_in(0), help="data-loading processes for training")
     p.add_argument("--compile", action="store_true", help="torch.compile the teacher and the students (CUDA)")
 
 
@@ -138,6 +163,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     if not args.out:
         raise AutokdError("give the run folder with --out DIR (the same DIR resumes an interrupted run)")
+    check_writable_dir(args.out)
     result = run_pipeline(
         _search_config(args), args.out, train_top=args.train_top, recipe=args.recipe, epochs=args.epochs,
         batch_size=args.train_batch_size, lr=args.lr, baseline=args.baseline, teacher_cache=args.teacher_cache,
@@ -214,13 +240,13 @@ def add_train_args(p: argparse.ArgumentParser, student: bool = True) -> None:
     p.add_argument("--epochs", type=int, help="override the recipe's epochs (warm-ups scale with it)")
     p.add_argument("--batch-size", type=int, help="override the recipe's global batch size")
     p.add_argument("--lr", type=float, help="override the recipe's learning rate")
-    p.add_argument("--img-size", type=int, help="input resolution (default: the teacher's)")
+    p.add_argument("--img-size", type=_int_in(8, 4096), help="input resolution (default: the teacher's)")
     p.add_argument("--out", help="run folder: results.json, best.pt, last.pt")
     p.add_argument("--resume", nargs="?", const=True, default=False, metavar="DIR",
                    help="continue the run in --out (or in DIR) from its last checkpoint")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=_int_in(0), default=0)
     p.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:N")
-    p.add_argument("--workers", type=int, help="data-loading processes")
+    p.add_argument("--workers", type=_int_in(0), help="data-loading processes")
     p.add_argument("--compile", action="store_true", help="torch.compile the teacher and the student (CUDA)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
@@ -230,7 +256,7 @@ def _run_folder(args: argparse.Namespace) -> tuple[Path, bool]:
     out = Path(resume) if isinstance(resume, str) else (Path(args.out) if args.out else None)
     if out is None:
         raise AutokdError("give the run folder with --out DIR (or --resume DIR)")
-    return out, bool(resume)
+    return check_writable_dir(out), bool(resume)
 
 
 def _recipe(args: argparse.Namespace, name: str):
@@ -316,7 +342,7 @@ def _print_result(result, out: Path) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="autokd", description=__doc__)
+    parser = _Parser(prog="autokd", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     search = sub.add_parser("search", help="rank and evolve students under a MAC budget, no training")
     add_search_args(search)
@@ -333,14 +359,17 @@ def build_parser() -> argparse.ArgumentParser:
     dash = sub.add_parser("dashboard", help="open a study in optuna-dashboard")
     dash.add_argument("--storage", default="sqlite:///autokd.db", help="the study's storage URL")
     dash.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1: this machine only)")
-    dash.add_argument("--port", type=int, default=8080)
+    dash.add_argument("--port", type=_int_in(1, 65535), default=8080)
     dash.set_defaults(func=cmd_dashboard)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     warnings.filterwarnings("ignore", message=r".*torch\.jit\.script.* is deprecated")
-    args = build_parser().parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as done:  # --help, or a usage error already printed in one line
+        return int(done.code or 0)
     logging.basicConfig(level=logging.INFO, format="autokd: %(message)s", stream=sys.stderr)
     for noisy in ("optuna", "timm", "fvcore"):
         logging.getLogger(noisy).setLevel(logging.WARNING)

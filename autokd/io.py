@@ -11,6 +11,8 @@ from typing import Any
 
 import yaml
 
+from autokd.errors import AutokdError
+
 
 @contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
@@ -24,6 +26,21 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def check_writable_dir(path: str | Path, flag: str = "--out") -> Path:
+    """`path` when it is, or can become, a folder this process may write to; else a one-line error, before any
+    work is done."""
+    path = Path(path).expanduser()
+    ancestor = path
+    while not ancestor.exists() and ancestor != ancestor.parent:
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise AutokdError(f"{flag} {str(path)!r} cannot be created: {str(ancestor)!r} is a file; give a folder path")
+    if not os.access(ancestor, os.W_OK | os.X_OK):
+        raise AutokdError(f"{flag} {str(path)!r} cannot be written: {str(ancestor)!r} is read-only for this user; "
+                          "give a folder you can write to")
+    return path
 
 
 def write_text(path: str | Path, text: str) -> Path:

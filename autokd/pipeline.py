@@ -25,7 +25,7 @@ from autokd.errors import AutokdError
 from autokd.io import write_csv, write_json, write_text
 from autokd.recipes import CNN_SPACES, Recipe, default_recipe, load_recipe
 from autokd.report import leaderboard
-from autokd.search import SearchConfig, SearchResult, run_search
+from autokd.search import SearchConfig, SearchContext, SearchResult, run_search
 from autokd.train import TrainResult, student_from_trial, train_students
 
 log = logging.getLogger("autokd")
@@ -82,12 +82,9 @@ def run_pipeline(
     for name in {recipe} if recipe else {default_recipe(s) for s in (*CNN_SPACES, "vit")}:
         recipes[name] = load_recipe(name, epochs=epochs, batch_size=batch_size, lr=lr, teacher_cache=teacher_cache)
 
-    search = run_search(config, out=out, top_k=top_k, progress=progress)
+    search = run_search(config, out=out, top_k=top_k, progress=progress, check=_trained_teacher)
     study, ctx = search.study, search.context
     teacher = ctx.teacher
-    if not teacher.pretrained:
-        raise AutokdError("distilling needs a trained teacher: give --teacher-weights (the search alone can use a "
-                          "random one: `autokd search`)")
     n_trials = len(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)))
     study.set_user_attr("stage/search", "done")
     study.set_user_attr("artifacts/search", {"out": str(out), "trials": n_trials,
@@ -155,6 +152,12 @@ def _resume_groups(rows: list[dict], out: Path) -> list[tuple[list[dict], bool]]
     started = [r for r in rows if (out / "train" / str(r["rank"]) / "last.pt").is_file()]
     fresh = [r for r in rows if r not in started]
     return [(group, resume) for group, resume in ((started, True), (fresh, False)) if group]
+
+
+def _trained_teacher(ctx: SearchContext) -> None:
+    if not ctx.teacher.pretrained:
+        raise AutokdError("distilling needs a trained teacher: give --teacher-weights (the search alone can use a "
+                          "random one: `autokd search`)")
 
 
 def _check_folder(folder: Path, trial: int, spec_json: str, recipe: Recipe) -> TrainResult | None:

@@ -42,8 +42,17 @@ class LabeledImages(Dataset):
         raise NotImplementedError
 
     def load_image(self, index: int) -> Image.Image:
-        """The decoded RGB image."""
-        return self.open_image(index).convert("RGB")
+        """The decoded RGB image; an unreadable one is an error that names its file."""
+        try:
+            return self.open_image(index).convert("RGB")
+        except (OSError, SyntaxError, ValueError, zipfile.BadZipFile) as err:  # PIL raises these for bad files
+            reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+            raise AutokdError(f"cannot read image {self.where(index)!r} ({reason}): remove or replace the file, "
+                              "then run again") from None
+
+    def where(self, index: int) -> str:
+        """Where image `index` comes from, for messages."""
+        return f"#{index}"
 
     def __getitem__(self, index: int):
         image = self.load_image(index)
@@ -81,6 +90,9 @@ class FileImages(LabeledImages):
     def open_image(self, index: int) -> Image.Image:
         return Image.open(self.paths[index])
 
+    def where(self, index: int) -> str:
+        return str(self.paths[index])
+
 
 class ZipImages(LabeledImages):
     """Images read straight from a zip archive; each process (DataLoader worker) opens its own handle."""
@@ -100,6 +112,9 @@ class ZipImages(LabeledImages):
 
     def open_image(self, index: int) -> Image.Image:
         return Image.open(io.BytesIO(self._archive().read(self.members[index])))
+
+    def where(self, index: int) -> str:
+        return f"{self.zip_path}/{self.members[index]}"
 
     def __getstate__(self) -> dict:
         # an open ZipFile cannot be pickled to spawned workers; they reopen it

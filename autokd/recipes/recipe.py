@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -207,7 +208,7 @@ def load_recipe(source: str | Path, *, epochs: int | None = None, batch_size: in
                 lr: float | None = None, teacher_cache: bool = False) -> Recipe:
     """`Recipe.load(source)` with command-line overrides; new `epochs` rescale the warm-ups (`with_epochs`)."""
     recipe = Recipe.load(source)
-    if epochs:
+    if epochs is not None:
         recipe = recipe.with_epochs(epochs)
     changes: dict[str, Any] = {k: v for k, v in (("batch_size", batch_size), ("lr", lr)) if v is not None}
     if teacher_cache:
@@ -293,7 +294,7 @@ def _complete(what: str, name: str, params: dict[str, Any], table: dict[str, dic
 
 
 def _check_range(name: str, value: float, low: float, high: float | None = None, open_low: bool = False):
-    if value < low or (open_low and value == low) or (high is not None and value >= high):
+    if not math.isfinite(value) or value < low or (open_low and value == low) or (high is not None and value >= high):
         bound = f"{'>' if open_low else '>='} {low}" + ("" if high is None else f" and < {high}")
         raise AutokdError(f"recipe field {name!r} must be {bound}, got {value!r}")
 

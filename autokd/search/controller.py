@@ -135,9 +135,15 @@ def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
-        return torch.device(name)
+        device = torch.device(name)
     except RuntimeError:
         raise AutokdError(f"unknown device {name!r}: use auto, cpu, cuda or cuda:N") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise AutokdError(f"--device {name}: this machine has no usable CUDA GPU; use --device cpu (or auto)")
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        raise AutokdError(f"--device {name}: this machine has {torch.cuda.device_count()} CUDA GPU(s); use cuda:0 "
+                          f"to cuda:{torch.cuda.device_count() - 1}")
+    return device
 
 
 def validate(config: SearchConfig) -> Budget:
@@ -174,6 +180,9 @@ def validate(config: SearchConfig) -> Budget:
         raise AutokdError("evolution needs 1 <= --tournament <= --population")
     if config.heartbeat < 1:
         raise AutokdError("the heartbeat must be at least 1 second")
+    if config.seed < 0 or (config.sampler_seed is not None and config.sampler_seed < 0):
+        raise AutokdError("--seed must be 0 or more")
+    resolve_device(config.device)
     return budget
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -13,7 +14,7 @@ import torch
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from autokd.errors import AutokdError
-from autokd.io import write_csv, write_json
+from autokd.io import check_writable_dir, write_csv, write_json
 from autokd.report import leaderboard, trials_frame, write_report, write_top_specs
 from autokd.search.controller import (
     SearchConfig,
@@ -41,16 +42,21 @@ class SearchResult:
     seconds: float
 
 
-def run_search(config: SearchConfig, out: str | Path | None = None, top_k: int = 10,
-               progress: bool = True) -> SearchResult:
-    """Run (or resume) a search until its study holds `config.trials` complete trials; write outputs to `out`."""
+def run_search(config: SearchConfig, out: str | Path | None = None, top_k: int = 10, progress: bool = True,
+               check: Callable[[SearchContext], None] | None = None) -> SearchResult:
+    """Run (or resume) a search until its study holds `config.trials` complete trials; write outputs to `out`.
+    `check` may refuse the prepared context (raise AutokdError) before anything is written."""
     start = time.perf_counter()
-    out = Path(out) if out else None
+    out = check_writable_dir(out) if out else None
+    if top_k < 1:
+        raise AutokdError(f"--top-k must be at least 1, got {top_k}")
     ctx = prepare(config)  # every input error is raised here, before anything is written
+    if check is not None:
+        check(ctx)
     for note in ctx.notes:
         log.info(note)
     storage_url = config.storage_url(out)
-    if out and storage_url.startswith("sqlite:///"):
+    if out and config.storage is None:  # the default study database lives in the output folder
         out.mkdir(parents=True, exist_ok=True)
     study = load_or_create_study(ctx, storage_url)
     enqueue_seeds(study, ctx)

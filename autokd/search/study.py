@@ -60,15 +60,16 @@ def open_storage(url: str, heartbeat: int = HEARTBEAT_SECONDS) -> optuna.storage
     engine_kwargs = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {"pool_pre_ping": True}
     try:
         storage = _rdb_storage(url, engine_kwargs, heartbeat)
-    except ModuleNotFoundError as err:
-        raise AutokdError(
-            f"storage {masked_url(url)!r} needs the database driver {err.name!r}: pip install 'autokd[postgres]'"
-        ) from None
+    except ImportError as err:  # Optuna re-raises the driver's ModuleNotFoundError as a plain ImportError
+        missing = getattr(err.__cause__, "name", None) or err.name or "its database driver"
+        fix = "pip install 'autokd[postgres]'" if url.startswith("postgresql") else "install it with pip"
+        raise AutokdError(f"storage {masked_url(url)!r} needs the database driver {missing!r}: {fix}") from None
     except Exception as err:  # sqlalchemy raises many types for an unreachable database
         text = _scrub(str(err).strip(), url)
         reason = next((line for line in text.splitlines() if line.strip()), type(err).__name__)
-        raise AutokdError(f"cannot open storage {masked_url(url)!r}: {reason.strip()}; check the URL and that the "
-                          "database server is running") from None
+        fix = "that its folder exists and is writable" if url.startswith("sqlite") else \
+            "the URL and that the database server is running"
+        raise AutokdError(f"cannot open storage {masked_url(url)!r}: {reason.strip()}; check {fix}") from None
     if url.startswith("sqlite"):
         _use_wal(storage)
     return storage

@@ -56,6 +56,24 @@ def _distribution(choices: tuple[Any, ...]) -> optuna.distributions.BaseDistribu
     return optuna.distributions.CategoricalDistribution(list(choices))
 
 
+def _leaf(default: Any) -> Any:
+    """The first plain value of a default: a scalar, a list, or a list of per-stage lists."""
+    while isinstance(default, (list, tuple)):
+        default = default[0]
+    return default
+
+
+def _same_kind(value: Any, like: Any) -> bool:
+    """Whether a YAML value has the kind of the default `like`; numbers must be positive."""
+    if isinstance(like, bool) or isinstance(value, bool):
+        return isinstance(like, bool) and isinstance(value, bool)
+    if isinstance(like, int):
+        return isinstance(value, int) and value > 0
+    if isinstance(like, float):
+        return isinstance(value, (int, float)) and value > 0
+    return isinstance(value, type(like))
+
+
 class ChoiceSpace(SearchSpace):
     """A SearchSpace of categorical genes; subclasses set `scalars` and `lists` and implement build/macs."""
 
@@ -70,27 +88,34 @@ class ChoiceSpace(SearchSpace):
         self._smallest: ArchSpec | None = None
 
     # ---- reading the YAML ----------------------------------------------------------------------------
-    def option(self, key: str, default: Any) -> tuple[Any, ...]:
-        """The choices for `key`: a YAML list, or a single value meaning a fixed gene."""
-        return self._check_choices(key, self.config.get(key, default))
+    def option(self, key: str, default: Any, typed: bool = True) -> tuple[Any, ...]:
+        """The choices for `key`: a YAML list, or a single value meaning a fixed gene; with `typed`, each of the
+        default's type (positive when it is a number)."""
+        return self._check_choices(key, self.config.get(key, default), _leaf(default) if typed else None)
 
     def stage_option(self, key: str, default: Any, stages: int) -> tuple[tuple[Any, ...], ...]:
         """Per-stage choices for `key`: one list shared by all stages, or a list of `stages` lists."""
-        value = self.config.get(key, default)
+        value, like = self.config.get(key, default), _leaf(default)
         if isinstance(value, (list, tuple)) and value and all(isinstance(v, (list, tuple)) for v in value):
             if len(value) != stages:
                 raise AutokdError(
                     f"search space {self.name!r}: `{key}` has {len(value)} per-stage lists, expected {stages}"
                 )
-            return tuple(self._check_choices(key, v) for v in value)
-        return (self._check_choices(key, value),) * stages
+            return tuple(self._check_choices(key, v, like) for v in value)
+        return (self._check_choices(key, value, like),) * stages
 
-    def _check_choices(self, key: str, value: Any) -> tuple[Any, ...]:
+    def _check_choices(self, key: str, value: Any, like: Any = None) -> tuple[Any, ...]:
         values = tuple(value) if isinstance(value, (list, tuple)) else (value,)
         if not values or any(isinstance(v, (list, tuple, dict)) or v is None for v in values):
             raise AutokdError(
                 f"search space {self.name!r}: `{key}` must be a value or a non-empty list, got {value!r}"
             )
+        bad = next((v for v in values if like is not None and not _same_kind(v, like)), None)
+        if bad is not None:
+            kind = {bool: "true or false", int: "positive integers", float: "positive numbers"}.get(
+                type(like), "names")
+            raise AutokdError(f"search space {self.name!r}: `{key}` choices must be {kind}, got {bad!r}; fix it "
+                              "in the YAML file")
         return values
 
     # ---- flat params ---------------------------------------------------------------------------------

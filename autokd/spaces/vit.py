@@ -70,7 +70,7 @@ class VitSpace(ChoiceSpace):
         self.scalars = {
             "depth": depth,
             "embed_dim": self.option("embed_dim", list(range(192, 449, 32))),
-            "head_dim": self.option("head_dim", 64),
+            "head_dim": self.option("head_dim", 64, typed=False),  # an int or `split`, checked below
             "patch_size": patches,
             "pool": self.option("pool", ["token", "avg"]),
         }

@@ -232,8 +232,9 @@ def add_train_args(p: argparse.ArgumentParser, student: bool = True) -> None:
     p.add_argument("--teacher", required=not student, help="alias, timm name or pkg.module:factory")
     p.add_argument("--teacher-weights", help="the teacher's weights file (a random teacher is refused)")
     if student:
-        p.add_argument("--student", required=True,
-                       help="a spec YAML from `autokd search` (OUT/top/1.yaml), study:NAME#TRIAL, or a timm name")
+        p.add_argument("--student", required=True, action="append",
+                       help="a spec YAML from `autokd search` (OUT/top/1.yaml), study:NAME#TRIAL, or a timm name; "
+                            "repeat it to train several students on one teacher pass (OUT/1, OUT/2, ...)")
         p.add_argument("--storage", help="the storage of a study:NAME#TRIAL student (default sqlite:///autokd.db)")
         add_recipe_args(p)
     p.add_argument("--data", help="ImageFolder dir, ImageFolder zip, or CIFAR pickle folder (default: synthetic demo)")
@@ -270,14 +271,19 @@ def cmd_train(args: argparse.Namespace) -> int:
     from autokd.data import load_data
     from autokd.recipes import default_recipe
     from autokd.teachers import resolve_teacher
-    from autokd.train import resolve_student, student_space, train_student
+    from autokd.train import resolve_student, student_space, train_students
 
     out, resume = _run_folder(args)
     recipe = _recipe(args, args.recipe) if args.recipe else None  # a bad recipe fails before any loading
     data = load_data(args.data, img_size=args.img_size or 32, seed=args.seed)
-    student = resolve_student(args.student, data.num_classes, storage=args.storage, img_size=args.img_size)
+    students = [resolve_student(ref, data.num_classes, storage=args.storage, img_size=args.img_size)
+                for ref in args.student]
     if recipe is None:
-        recipe = _recipe(args, default_recipe(student_space(student)))
+        names = {default_recipe(student_space(s)) for s in students}
+        if len(names) > 1:
+            raise AutokdError(f"the students' default recipes differ ({', '.join(sorted(names))}): students trained "
+                              "together share one recipe, so give --recipe")
+        recipe = _recipe(args, names.pop())
     teacher = None
     if args.teacher:
         teacher = resolve_teacher(args.teacher, data.num_classes, weights=args.teacher_weights, img_size=args.img_size)
@@ -286,17 +292,21 @@ def cmd_train(args: argparse.Namespace) -> int:
     elif recipe.needs_teacher:
         raise AutokdError(f"recipe {args.recipe or recipe.loss!r} distils from a teacher: give --teacher (or use "
                           "--recipe none)")
-    if teacher is not None and student.img_size and student.img_size != teacher.img_size:
-        raise AutokdError(
-            f"the student was searched at {student.img_size} px but the teacher takes {teacher.img_size} px: "
-            "search students for this teacher, or give both the same --img-size"
-        )
-    result = train_student(
-        student, teacher, data, recipe, out, device=args.device, resume=resume, seed=args.seed,
+    for student in students:
+        if teacher is not None and student.img_size and student.img_size != teacher.img_size:
+            raise AutokdError(
+                f"the student was searched at {student.img_size} px but the teacher takes {teacher.img_size} px: "
+                "search students for this teacher, or give both the same --img-size"
+            )
+    # one student: the run folder is --out; several: --out/1, --out/2, ... in the order given
+    outs = [out] if len(students) == 1 else [out / str(i) for i in range(1, len(students) + 1)]
+    results = train_students(
+        students, teacher, data, recipe, outs, device=args.device, resume=resume, seed=args.seed,
         baseline=args.baseline, num_workers=args.workers, compile_teacher=args.compile, compile_student=args.compile,
         progress=not args.quiet,
     )
-    _print_result(result, out)
+    for result, folder in zip(results, outs):
+        _print_result(result, folder)
     return 0
 
 

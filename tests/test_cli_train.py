@@ -45,6 +45,22 @@ def test_train_writes_results_and_resumes(capsys, tmp_path, folder, student_yaml
     assert json.loads((out / "results.json").read_text())["top1"] == result["top1"]
 
 
+def test_train_several_students_on_one_teacher_pass(capsys, tmp_path, folder, student_yaml, weights):
+    other = tmp_path / "2.yaml"
+    wider = ArchSpec.make("cifar_resnet", depths=(1, 1, 1), widths=(8, 16, 32), shortcut="A")
+    other.write_text(yaml.safe_dump({"spec": wider.as_dict(), "search": {"img_size": 32, "num_classes": 10}}))
+    out = tmp_path / "run"
+    code, stdout, err = run(capsys, ["train", "--teacher", "resnet20_cifar", "--teacher-weights", str(weights),
+                                     "--student", str(student_yaml), "--student", str(other), "--data", str(folder),
+                                     "--recipe", "kd", "--epochs", "1", "--batch-size", "16", "--out", str(out),
+                                     "--quiet", "--workers", "0"])
+    assert code == 0, err
+    first, second = (json.loads((out / str(i) / "results.json").read_text()) for i in (1, 2))
+    assert first["students_together"] == second["students_together"] == 2
+    assert first["params"] < second["params"] and first["student"] != second["student"]
+    assert stdout.count("results.json") == 2
+
+
 def STUDENT_MODEL_KEYS():
     from autokd.spaces import load_space
 

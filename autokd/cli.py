@@ -40,6 +40,18 @@ def _csv(text: str) -> tuple[str, ...]:
     return tuple(s.strip() for s in text.split(",") if s.strip())
 
 
+def add_refine_args(p: argparse.ArgumentParser) -> None:
+    """--refine and its settings (`autokd search`)."""
+    p.add_argument("--refine", type=_int_in(2), metavar="N",
+                   help="then distil the top N briefly in rungs of successive halving and rank them by held-out "
+                        "accuracy (OUT/refine.csv; needs --data and the teacher's trained weights)")
+    p.add_argument("--refine-epochs", type=_int_in(1), default=3, help="the refine's KD schedule (default 3)")
+    p.add_argument("--refine-eta", type=_int_in(2), default=3, help="keep 1/eta at each rung (default 3)")
+    p.add_argument("--refine-images", type=_int_in(0), default=2000,
+                   help="train images for the refine, stratified (default 2000; 0 for all)")
+    p.add_argument("--refine-recipe", help="the refine's recipe (default: the top candidate's default)")
+
+
 def add_search_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--teacher", default="vit_b", help="alias (vit_b, resnet50, ...), timm name, or pkg.module:factory")
     p.add_argument("--teacher-weights", help="a local weights file for the teacher (nothing is downloaded)")
@@ -121,8 +133,36 @@ def cmd_search(args: argparse.Namespace) -> int:
     console.print(leaderboard_table(result.leaderboard, config.objective, format_macs))
     if result.out:
         console.print(f"wrote {result.out}/leaderboard.csv, {result.out}/top/*.yaml, {result.out}/report.html")
+    if args.refine:
+        _refine(args, result, console)
     console.print(f"dashboard: autokd dashboard --storage {masked_url(result.storage_url)}")
     return 0
+
+
+def _refine(args: argparse.Namespace, result, console) -> None:
+    """`--refine N`: successive halving of short KD runs over the top N; writes OUT/refine.csv."""
+    from autokd.io import write_csv
+    from autokd.recipes import default_recipe
+    from autokd.report import leaderboard
+    from autokd.search.refine import RefineConfig, refine
+
+    ctx = result.context
+    if result.out is None:
+        raise AutokdError("--refine writes its runs under the search folder: give --out")
+    if ctx.data is None:
+        raise AutokdError("--refine trains the candidates on your images: give --data")
+    board = leaderboard(result.study, ctx.config.objective)
+    name = args.refine_recipe or default_recipe(board["space"].iloc[0])
+    recipe = _recipe(argparse.Namespace(epochs=None, batch_size=None, lr=None), name)
+    settings = RefineConfig(top=args.refine, epochs=args.refine_epochs, eta=args.refine_eta,
+                            images=args.refine_images or None, seed=args.seed or 0)
+    frame = refine(board, ctx.teacher, ctx.data, recipe, result.out, result.storage_url, result.study.study_name,
+                   settings, img_size=ctx.teacher.img_size, device=args.device, progress=not args.quiet)
+    write_csv(result.out / "refine.csv", frame)
+    cols = ["refine_rank", "proxy_rank", "arch", "epochs_reached", "heldout_top1", "status"]
+    console.print(frame[cols].to_string(index=False))
+    console.print(f"wrote {result.out}/refine.csv (recipe {name}; held-out top-1 of {settings.images or 'all'} "
+                  f"train images; study {result.study.study_name}-refine)")
 
 
 def leaderboard_table(board, objective: str, format_macs):
@@ -356,6 +396,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     search = sub.add_parser("search", help="rank and evolve students under a MAC budget, no training")
     add_search_args(search)
+    add_refine_args(search)
     search.set_defaults(func=cmd_search)
     train = sub.add_parser("train", help="distil a student from the teacher (resumable; torchrun for many GPUs)")
     add_train_args(train)

@@ -78,3 +78,21 @@ def test_refine_settings_are_checked():
         RefineConfig(top=1).check()
     with pytest.raises(AutokdError, match="min epochs"):
         RefineConfig(epochs=2, min_epochs=3).check()
+
+
+def test_search_refine_from_the_command_line(capsys, tmp_path, folder, weights):
+    from autokd.cli import main
+
+    out = tmp_path / "s"
+    argv = ["search", "--teacher", "resnet20_cifar", "--teacher-weights", str(weights), "--data", str(folder),
+            "--budget", "5M", "--space", "cifar_resnet", "--trials", "6", "--population", "4", "--tournament", "2",
+            "--batch-size", "10", "--out", str(out), "--quiet", "--refine", "3", "--refine-epochs", "2",
+            "--refine-images", "0", "--refine-recipe", "kd"]
+    assert main(argv) == 0, capsys.readouterr().err
+    frame = pd.read_csv(out / "refine.csv")
+    board = pd.read_csv(out / "leaderboard.csv")
+    assert len(frame) == 3 and set(frame["proxy_rank"]) == {1, 2, 3}
+    assert set(frame["trial"]) <= set(board["trial"].head(6)) and set(frame["arch"]) <= set(board["arch"])
+    assert frame["refine_rank"].tolist() == [1, 2, 3] and frame["status"].iloc[0] == "complete"
+    assert (out / "refine" / str(frame["proxy_rank"].iloc[0]) / "results.json").is_file()
+    assert "wrote" in capsys.readouterr().out

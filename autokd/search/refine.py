@@ -9,6 +9,7 @@ intermediate value at that epoch; Optuna's SuccessiveHalvingPruner stops all but
 from __future__ import annotations
 
 import logging
+import warnings
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -73,7 +74,9 @@ def refine(board: pd.DataFrame, teacher: Teacher, data: ImageDataset, recipe: Re
     trials, students, folders = {}, {}, {}
     for row in chosen.to_dict("records"):
         rank = int(row["rank"])
-        trial = study.ask()
+        with warnings.catch_warnings():  # the storage's heartbeat is for the search's workers, not these trials
+            warnings.filterwarnings("ignore", message="Heartbeat of storage")
+            trial = study.ask()
         trial.set_user_attr("spec", ArchSpec.from_json(row["spec_json"]).as_dict())
         trial.set_user_attr("proxy_rank", rank)
         trial.set_user_attr("search_trial", int(row["trial"]))

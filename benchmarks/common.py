@@ -16,20 +16,11 @@ from rich.console import Console
 from rich.table import Table
 
 from autokd import io as autokd_io
+from autokd.device import resolve_device  # noqa: F401  (the benchmarks' --device)
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 NOISE_NOTE = ("timings on a shared machine are noisy: compare the ratios within one run, not absolute numbers "
               "across runs")
-
-
-def resolve_device(name: str) -> torch.device:
-    """'auto' is cuda when one is visible, else cpu."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise SystemExit("--device cuda asked but no GPU is visible: use --device cpu or auto")
-    return device
 
 
 def use_amp(flag: str, device: torch.device) -> bool:

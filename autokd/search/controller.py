@@ -22,6 +22,7 @@ from optuna.trial import TrialState
 from autokd.cost import Budget, format_macs
 from autokd.data import ImageDataset, load_data, scoring_batch
 from autokd.data.split import HELDOUT_FRACTION
+from autokd.device import resolve_device
 from autokd.errors import AutokdError
 from autokd.proxies import (
     PROXIES,
@@ -129,21 +130,6 @@ class SearchContext:
             "relation_layer": c.relation_layer,
             "reference_size": c.reference_size if self.ranking is not None else 0,
         }
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise AutokdError(f"unknown device {name!r}: use auto, cpu, cuda or cuda:N") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise AutokdError(f"--device {name}: this machine has no usable CUDA GPU; use --device cpu (or auto)")
-    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
-        raise AutokdError(f"--device {name}: this machine has {torch.cuda.device_count()} CUDA GPU(s); use cuda:0 "
-                          f"to cuda:{torch.cuda.device_count() - 1}")
-    return device
 
 
 def validate(config: SearchConfig) -> Budget:
@@ -400,8 +386,12 @@ def skip_duplicate_or_surplus(trial: optuna.Trial, spec, ctx: SearchContext) -> 
     """Prune the trial when an earlier trial holds the same spec, or when earlier trials (complete, running or
     queued) already make up the target. Deciding by trial number makes the outcome the same in every worker."""
     earlier = [t for t in trial.study.get_trials(deepcopy=False) if t.number < trial.number]
-    twin = next((t.number for t in earlier if t.state != TrialState.FAIL and holds_spec(t)
-                 and ctx.codec.trial_spec(t) == spec), None)
+    written = spec.as_dict()
+
+    def same(t: optuna.trial.FrozenTrial) -> bool:  # compare the written spec; decode only queued params
+        return t.user_attrs["spec"] == written if "spec" in t.user_attrs else ctx.codec.trial_spec(t) == spec
+
+    twin = next((t.number for t in earlier if t.state != TrialState.FAIL and holds_spec(t) and same(t)), None)
     if twin is not None:
         trial.set_user_attr("skipped", f"duplicate of trial {twin}")
         raise optuna.TrialPruned(f"the same architecture as trial {twin}")

@@ -119,7 +119,7 @@ def cmd_search(args: argparse.Namespace) -> int:
 
     from autokd.cost import format_macs
     from autokd.search import run_search
-    from autokd.search.study import masked_url
+    from autokd.storage import masked_url
 
     config = _search_config(args)
     console = Console(soft_wrap=True, width=None if sys.stdout.isatty() else 200)
@@ -199,7 +199,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     from autokd.cost import format_macs
     from autokd.pipeline import run_pipeline
-    from autokd.search.study import masked_url
+    from autokd.storage import masked_url
 
     if not args.out:
         raise AutokdError("give the run folder with --out DIR (the same DIR resumes an interrupted run)")
@@ -246,7 +246,7 @@ def trained_table(trained, objective: str, format_macs):
 
 
 def cmd_dashboard(args: argparse.Namespace) -> int:
-    from autokd.search.study import masked_url, open_storage
+    from autokd.storage import masked_url, open_storage
 
     url = args.storage
     if url.startswith("sqlite:///") and not Path(url[len("sqlite:///"):]).exists():

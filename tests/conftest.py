@@ -58,7 +58,7 @@ def weights(tmp_path):
 def postgres_url() -> str:
     """The throw-away PostgreSQL server that `.ci/run` starts (its URL in AUTOKD_TEST_POSTGRES_URL)."""
     from autokd.errors import AutokdError
-    from autokd.search.study import open_storage
+    from autokd.storage import open_storage
 
     url = os.environ.get("AUTOKD_TEST_POSTGRES_URL")
     if not url:

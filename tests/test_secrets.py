@@ -9,7 +9,7 @@ import pytest
 from sqlalchemy.engine import make_url
 
 from autokd.cli import main
-from autokd.search.study import masked_url, open_storage
+from autokd.storage import masked_url, open_storage
 
 
 def test_masked_url_hides_every_form_of_password():

@@ -57,7 +57,7 @@ def finish(procs: list[subprocess.Popen], timeout: float = 180) -> None:
 
 
 def load(storage: str, name: str) -> optuna.Study:
-    from autokd.search.study import open_storage
+    from autokd.storage import open_storage
 
     return optuna.load_study(study_name=name, storage=open_storage(storage))
 

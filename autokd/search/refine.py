@@ -20,8 +20,8 @@ import torch
 from autokd.data import ImageDataset, subset_data
 from autokd.errors import AutokdError
 from autokd.recipes import Recipe
-from autokd.search.study import open_storage
 from autokd.spaces import ArchSpec
+from autokd.storage import open_storage
 from autokd.teachers import Teacher
 from autokd.train import build_from_spec, train_students
 from autokd.train.inputs import train_steps_per_epoch

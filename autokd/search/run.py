@@ -25,7 +25,7 @@ from autokd.search.controller import (
     prepare,
     start_workers,
 )
-from autokd.search.study import masked_url
+from autokd.storage import masked_url
 
 log = logging.getLogger("autokd")
 

@@ -85,7 +85,7 @@ def record_in_study(result: TrainResult, storage: str, study_name: str, trial: i
     finished trial change; the dashboard shows study attributes). False, with a warning, when it cannot."""
     import optuna
 
-    from autokd.search.study import open_storage
+    from autokd.storage import open_storage
 
     try:
         study = optuna.load_study(study_name=study_name, storage=open_storage(storage))

@@ -87,7 +87,7 @@ def student_from_trial(storage: str, study_name: str, trial: int, num_classes: i
     """A student from trial number `trial` of a search study (its user_attrs["spec"])."""
     import optuna
 
-    from autokd.search.study import open_storage
+    from autokd.storage import open_storage
 
     try:
         study = optuna.load_study(study_name=study_name, storage=open_storage(storage))

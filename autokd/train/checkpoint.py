@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import os
 import random
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -17,22 +15,9 @@ import numpy as np
 import torch
 
 from autokd.errors import AutokdError
+from autokd.io import atomic_path
 
 FORMAT = "autokd-train-1"
-
-
-@contextmanager
-def atomic_path(path: str | Path) -> Iterator[Path]:
-    """A temporary path next to `path` to write in the block: renamed over `path` when the block succeeds,
-    removed when it fails, so readers see the old file or the whole new one, never half of it."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        yield tmp
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def atomic_save(obj: Any, path: Path) -> None:

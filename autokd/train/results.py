@@ -8,7 +8,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from autokd.train.checkpoint import atomic_path
+from autokd.io import atomic_path
 
 log = logging.getLogger("autokd")
 

@@ -114,6 +114,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             for sampler in SAMPLERS:
                 config = SearchConfig(
                     teacher=args.teacher, budget=args.budget, data=args.data, trials=args.trials, seed=seed,
+                    sampler_seed=seed,
                     spaces=tuple(args.space.split(",")) if args.space else None, sampler=sampler,
                     storage=f"sqlite:///{tmp}/{sampler}-{seed}.db", img_size=args.img_size,
                     batch_size=args.batch_size, population_size=args.population,

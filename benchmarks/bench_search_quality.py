@@ -95,6 +95,7 @@ def main(argv: list[str] | None = None) -> dict:
     for objective in args.objectives.split(","):
         config = SearchConfig(teacher=args.teacher, teacher_weights=args.teacher_weights, data=args.data,
                               budget=args.budget, spaces=(SPACE,), trials=args.trials, seed=args.seed,
+                              sampler_seed=args.seed,
                               objective=objective, device=args.device)
         folder = runs / f"search-{objective}"
         shutil.rmtree(folder, ignore_errors=True)  # a fresh search, so its time is real

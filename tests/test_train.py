@@ -386,3 +386,20 @@ def test_students_together_need_one_folder_each(data, trained_teacher, tmp_path)
     with pytest.raises(AutokdError, match="one distinct output folder per student"):
         train_students([tiny(), tiny()], trained_teacher, data, small_recipe("kd"), [tmp_path, tmp_path],
                        progress=False)
+
+
+def test_cifar_resnet_names_build_students_as_they_build_teachers(tmp_path):
+    student = resolve_student("resnet20_cifar", 10)
+    assert student.spec.space == "cifar_resnet" and student.img_size == 32
+    assert count_params(student.model) == 269_722  # ResNet-20: 3-3-3 blocks, 16-32-64 wide
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump({"spec": {"space": "cifar_resnet", "genes": {"depths": ["x", 1, 1]}}}))
+    with pytest.raises(AutokdError, match="cannot build student .* give a spec written by `autokd search`"):
+        resolve_student(str(bad), 10)
+
+
+def test_a_study_student_from_a_missing_database_is_refused_without_creating_it(tmp_path):
+    missing = tmp_path / "missing.db"
+    with pytest.raises(AutokdError, match="no study database at"):
+        resolve_student("study:x#3", 10, storage=f"sqlite:///{missing}")
+    assert not missing.exists()

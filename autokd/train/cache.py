@@ -20,8 +20,7 @@ import torch
 import torch.nn as nn
 
 from autokd.data.datasets import ImageDataset
-from autokd.io import atomic_path
-from autokd.train.results import write_json
+from autokd.io import atomic_path, write_json
 
 DEFAULT_TOPK = 10
 

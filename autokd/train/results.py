@@ -8,7 +8,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from autokd.io import atomic_path
+from autokd.io import write_json
 
 log = logging.getLogger("autokd")
 
@@ -72,12 +72,6 @@ class TrainResult:
     @classmethod
     def load(cls, path: Path) -> TrainResult:
         return cls(**json.loads(Path(path).read_text()))
-
-
-def write_json(path: Path, data: Any) -> None:
-    """`data` as indented JSON, written atomically."""
-    with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(data, indent=2, default=str))
 
 
 def record_in_study(result: TrainResult, storage: str, study_name: str, trial: int | None) -> bool:

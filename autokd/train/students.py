@@ -15,7 +15,7 @@ import yaml
 from autokd.cost import count_macs, format_macs
 from autokd.errors import AutokdError
 from autokd.spaces import ArchSpec, load_space
-from autokd.teachers import timm_size_kwargs
+from autokd.teachers import CIFAR_RESNET_BLOCKS, timm_size_kwargs
 
 log = logging.getLogger("autokd")
 
@@ -51,7 +51,11 @@ def build_from_spec(spec: ArchSpec, num_classes: int, img_size: int, *, budget: 
         space = load_space(spec.space, img_size)
     except AutokdError as e:
         raise AutokdError(f"cannot rebuild student {spec}: {e}") from None
-    model = space.build(spec, num_classes)
+    try:
+        model = space.build(spec, num_classes)
+    except (KeyError, TypeError, ValueError, IndexError) as e:
+        raise AutokdError(f"cannot build student {spec} in space {spec.space!r} ({type(e).__name__}: {e}): give a "
+                          "spec written by `autokd search` for this space") from None
     student = Student(model, name or str(spec), spec, img_size, budget=budget)
     if budget is not None:
         macs = count_macs(model, img_size)
@@ -87,12 +91,15 @@ def student_from_trial(storage: str, study_name: str, trial: int, num_classes: i
     """A student from trial number `trial` of a search study (its user_attrs["spec"])."""
     import optuna
 
-    from autokd.storage import open_storage
+    from autokd.storage import masked_url, open_storage
 
+    if storage.startswith("sqlite:///") and not Path(storage[len("sqlite:///"):]).is_file():
+        raise AutokdError(f"no study database at {storage!r}: give the --storage of the search (its default is "
+                          "sqlite:///OUT/autokd.db)")  # opening it would create an empty one
     try:
         study = optuna.load_study(study_name=study_name, storage=open_storage(storage))
     except KeyError:
-        raise AutokdError(f"no study {study_name!r} in {storage}: give a study made by `autokd search` "
+        raise AutokdError(f"no study {study_name!r} in {masked_url(storage)}: give a study made by `autokd search` "
                           "(see `autokd dashboard` for the names)") from None
     trials = [t for t in study.get_trials(deepcopy=False) if t.number == trial]
     if not trials or "spec" not in trials[0].user_attrs:
@@ -109,7 +116,12 @@ def student_from_trial(storage: str, study_name: str, trial: int, num_classes: i
 
 
 def student_from_timm(name: str, num_classes: int, img_size: int | None = None) -> Student:
-    """A randomly initialised timm model `name` with a `num_classes` head."""
+    """A randomly initialised timm model `name` with a `num_classes` head; `resnetNN_cifar` (the CIFAR ResNets
+    the teacher side knows) is built in the `cifar_resnet` space."""
+    if name in CIFAR_RESNET_BLOCKS:
+        n = CIFAR_RESNET_BLOCKS[name]
+        spec = ArchSpec.make("cifar_resnet", depths=[n, n, n], widths=[16, 32, 64], shortcut="A")
+        return build_from_spec(spec, num_classes, img_size or 32, name=name)
     if not timm.is_model(name):
         raise AutokdError(f"unknown student {name!r}: give a top/<rank>.yaml from `autokd search`, "
                           "study:NAME#TRIAL or a timm model name")

@@ -103,8 +103,9 @@ def refine(board: pd.DataFrame, teacher: Teacher, data: ImageDataset, recipe: Re
                 study.tell(trial, state=optuna.trial.TrialState.PRUNED)
             else:
                 survivors.append(rank)
-        log.info("refine epoch %d/%d: %d candidate(s) trained, %d go on", epoch, config.epochs, len(alive),
-                 len(survivors))
+        if epoch < config.epochs:
+            log.info("refine epoch %d/%d: %d candidate(s) trained, %d go on", epoch, config.epochs, len(alive),
+                     len(survivors))
         alive = survivors
         if not alive:
             break

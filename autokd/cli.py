@@ -375,7 +375,7 @@ def _print_result(result, out: Path) -> None:
 
     console = Console(soft_wrap=True, width=None if sys.stdout.isatty() else 200)
     table = Table(title=f"{result.student} ({result.recipe.get('loss')}), {result.epochs} epochs on {result.device}")
-    for col in ("top1", "top5", "ECE", "best top1", "teacher top1", "no-KD top1", "MACs", "params", "latency",
+    for col in ("top1", "top5", "ECE", "held-out best", "teacher top1", "no-KD top1", "MACs", "params", "latency",
                 "img/s"):
         table.add_column(col, no_wrap=True)
 

@@ -1,4 +1,5 @@
-"""A non-editable install finds every search space; importing autokd leaves the process environment alone."""
+"""A non-editable install finds every search space and runs a search; importing autokd leaves the process
+environment alone."""
 
 import shutil
 import subprocess
@@ -32,6 +33,14 @@ def test_a_built_wheel_ships_and_finds_every_search_space(tmp_path):
     assert out[0].startswith(str(site))  # the installed copy, not the working tree
     assert out[1].split(",") == expected
     assert out[2].startswith("cifar_resnet(")
+    # the installed copy runs a (short) demo search from a folder that is not the repository
+    demo = ("import sys; sys.path.insert(0, sys.argv[1]); import autokd; from autokd.cli import main; "
+            "print(autokd.__file__); sys.exit(main(['search', '--teacher', 'resnet20_cifar', '--space', "
+            "'cifar_resnet', '--budget', '25M', '--trials', '4', '--population', '4', '--tournament', '2', "
+            "'--out', 'demo', '--quiet']))")
+    run = subprocess.run([sys.executable, "-c", demo, str(site)], cwd=tmp_path, capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.startswith(str(site)) and (tmp_path / "demo" / "leaderboard.csv").is_file()
 
 
 def test_importing_autokd_leaves_the_environment_alone():

@@ -69,8 +69,40 @@ def test_successive_halving_keeps_the_best_half_each_rung_on_held_out_accuracy(s
     assert best.user_attrs["proxy_rank"] == frame["proxy_rank"][0]
     assert best.value == frame["heldout_top1"][0] == best.intermediate_values[3]
     assert sorted(best.intermediate_values) == [1, 2, 3]  # every rung is in the study
-    with pytest.raises(AutokdError, match="already holds a refinement"):
-        refine(board, teacher, data, recipe, tmp_path, storage, "st", config, img_size=32)
+    # the same command again: the finished refinement is read back, nothing is trained
+    again = refine(board, teacher, data, recipe, tmp_path, storage, "st", config, img_size=32)
+    pd.testing.assert_frame_equal(again, frame)
+    other = board.assign(spec_json=board["spec_json"][::-1].to_numpy())
+    with pytest.raises(AutokdError, match="holds a refinement of other candidates"):
+        refine(other, teacher, data, recipe, tmp_path, storage, "st", config, img_size=32)
+
+
+@pytest.mark.parametrize("kill_in", ["train_students", "_next_rung"])
+def test_a_killed_refinement_resumes_to_the_same_result(setting, tmp_path, monkeypatch, kill_in):
+    from autokd.search import refine as module
+
+    data, teacher, board = setting
+    recipe = Recipe.load("kd").replace(batch_size=16, lr=0.05, augmentation="none")
+    config = RefineConfig(top=4, epochs=3, min_epochs=1, eta=2, images=None)
+    whole = refine(board, teacher, data, recipe, tmp_path / "a", f"sqlite:///{tmp_path / 'a.db'}", "st", config,
+                   img_size=32)
+    real, calls = getattr(module, kill_in), []
+
+    def killed(*args, **kwargs):
+        # dies as SIGKILL would: in the second epoch's training (the first saved and reported), or right after
+        # the first epoch's training, before any of it was reported
+        calls.append(1)
+        if len(calls) == (2 if kill_in == "train_students" else 1):
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(module, kill_in, killed)
+    storage = f"sqlite:///{tmp_path / 'b.db'}"
+    with pytest.raises(KeyboardInterrupt):
+        refine(board, teacher, data, recipe, tmp_path / "b", storage, "st", config, img_size=32)
+    monkeypatch.setattr(module, kill_in, real)
+    resumed = refine(board, teacher, data, recipe, tmp_path / "b", storage, "st", config, img_size=32)
+    pd.testing.assert_frame_equal(resumed, whole)
 
 
 def test_refine_settings_are_checked():

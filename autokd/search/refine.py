@@ -3,7 +3,8 @@
 Each candidate is a trial of the study `<search study>-refine`. Every surviving candidate trains one more epoch
 of one KD schedule (all together, one teacher pass per batch) and reports its held-out top-1 as the trial's
 intermediate value at that epoch; Optuna's SuccessiveHalvingPruner stops all but the best 1/eta at each rung
-(epochs min_epochs x eta^k). The test split is never read.
+(epochs min_epochs x eta^k). The test split is never read. A killed refinement resumes: the same command finds
+the study's trials and each run's last.pt, and ends as an uninterrupted one would.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from autokd.recipes import Recipe
 from autokd.spaces import ArchSpec
 from autokd.storage import open_storage
 from autokd.teachers import Teacher
-from autokd.train import build_from_spec, train_students
+from autokd.train import TrainResult, build_from_spec, train_students
 from autokd.train.inputs import train_steps_per_epoch
 
 log = logging.getLogger("autokd")
@@ -68,48 +69,77 @@ def refine(board: pd.DataFrame, teacher: Teacher, data: ImageDataset, recipe: Re
         study_name=f"{study_name}-refine", storage=open_storage(storage_url), direction="maximize",
         load_if_exists=True,
         pruner=optuna.pruners.SuccessiveHalvingPruner(min_resource=config.min_epochs, reduction_factor=config.eta))
-    if study.get_trials(deepcopy=False):
-        raise AutokdError(f"study {study.study_name!r} already holds a refinement: delete it (optuna "
+    existing = {t.user_attrs.get("proxy_rank"): t for t in study.get_trials(deepcopy=False)}
+    specs = {int(r["rank"]): ArchSpec.from_json(r["spec_json"]) for r in chosen.to_dict("records")}
+    if existing and {r: t.user_attrs.get("spec") for r, t in existing.items()} != {
+            r: spec.as_dict() for r, spec in specs.items()}:
+        raise AutokdError(f"study {study.study_name!r} holds a refinement of other candidates: delete it (optuna "
                           "delete-study) or search into another --out")
     trials, students, folders = {}, {}, {}
-    for row in chosen.to_dict("records"):
-        rank = int(row["rank"])
-        with warnings.catch_warnings():  # the storage's heartbeat is for the search's workers, not these trials
-            warnings.filterwarnings("ignore", message="Heartbeat of storage")
-            trial = study.ask()
-        trial.set_user_attr("spec", ArchSpec.from_json(row["spec_json"]).as_dict())
-        trial.set_user_attr("proxy_rank", rank)
-        trial.set_user_attr("search_trial", int(row["trial"]))
-        trials[rank] = trial
+    for rank, spec in specs.items():
+        if rank in existing:  # a resumed refinement: the same trial goes on
+            trials[rank] = optuna.trial.Trial(study, existing[rank]._trial_id)
+        else:
+            with warnings.catch_warnings():  # the storage's heartbeat is for the search's workers
+                warnings.filterwarnings("ignore", message="Heartbeat of storage")
+                trials[rank] = study.ask()
+            for key, value in (("spec", spec.as_dict()), ("proxy_rank", rank), ("search_trial", int(
+                    chosen.loc[chosen["rank"] == rank, "trial"].iloc[0]))):
+                trials[rank].set_user_attr(key, value)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(config.seed + rank)
-            students[rank] = build_from_spec(ArchSpec.from_json(row["spec_json"]), data.num_classes, img_size)
+            students[rank] = build_from_spec(spec, data.num_classes, img_size)
         folders[rank] = out / "refine" / str(rank)
-    values: dict[int, dict[int, float]] = {rank: {} for rank in trials}
-    alive = list(trials)
-    for epoch in range(1, config.epochs + 1):
+    values = {rank: dict(existing[rank].intermediate_values) if rank in existing else {} for rank in specs}
+    running = optuna.trial.TrialState.RUNNING
+    alive = [rank for rank in specs if rank not in existing or existing[rank].state == running]
+    histories = {rank: _history(folders[rank]) for rank in alive}
+    done = {len(h) for h in histories.values()}
+    if len(done) > 1:
+        raise AutokdError(f"the refine runs in {str(out / 'refine')!r} stopped at different epochs: delete them and "
+                          f"the study {study.study_name!r} to start the refinement again")
+    start = done.pop() if done else 0
+    if start:  # killed after that epoch's training: report what is not reported yet, decide who goes on
+        alive = _next_rung(study, trials, values, alive, {r: h[-1]["heldout_top1"] for r, h in histories.items()},
+                           start, config.epochs)
+    for epoch in range(start + 1, config.epochs + 1):
+        if not alive:
+            break
+        resume = all((folders[r] / "last.pt").is_file() for r in alive)
         results = train_students([students[r] for r in alive], teacher, data, recipe, [folders[r] for r in alive],
-                                 device=device, resume=epoch > 1, seed=config.seed, max_steps=epoch * steps,
+                                 device=device, resume=resume, seed=config.seed, max_steps=epoch * steps,
                                  evaluate_teacher=False, progress=progress)
-        survivors = []
-        for rank, result in zip(alive, results):
-            value = result.history[-1]["heldout_top1"]
-            values[rank][epoch] = value
-            trial = trials[rank]
-            trial.report(value, epoch)
-            if epoch == config.epochs:
-                study.tell(trial, value)
-            elif trial.should_prune():
-                study.tell(trial, state=optuna.trial.TrialState.PRUNED)
-            else:
-                survivors.append(rank)
+        reached = {rank: result.history[-1]["heldout_top1"] for rank, result in zip(alive, results)}
+        survivors = _next_rung(study, trials, values, alive, reached, epoch, config.epochs)
         if epoch < config.epochs:
             log.info("refine epoch %d/%d: %d candidate(s) trained, %d go on", epoch, config.epochs, len(alive),
                      len(survivors))
         alive = survivors
-        if not alive:
-            break
     return refine_frame(chosen, values, config.epochs)
+
+
+def _next_rung(study: optuna.Study, trials: dict, values: dict, alive: list[int], reached: dict[int, float],
+               epoch: int, epochs: int) -> list[int]:
+    """Report each candidate's held-out top-1 at `epoch` (once) and keep those the pruner lets go on."""
+    survivors = []
+    for rank in alive:
+        trial = trials[rank]
+        if epoch not in values[rank]:
+            trial.report(reached[rank], epoch)
+            values[rank][epoch] = reached[rank]
+        if epoch == epochs:
+            study.tell(trial, values[rank][epoch])
+        elif trial.should_prune():
+            study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+        else:
+            survivors.append(rank)
+    return survivors
+
+
+def _history(folder: Path) -> list[dict]:
+    """The epochs a refine run has finished (its results.json is written at every stop)."""
+    path = folder / "results.json"
+    return TrainResult.load(path).history if path.is_file() else []
 
 
 def refine_frame(chosen: pd.DataFrame, values: dict[int, dict[int, float]], epochs: int) -> pd.DataFrame:

@@ -195,7 +195,7 @@ def rescore(frame: pd.DataFrame, args: argparse.Namespace) -> tuple[pd.DataFrame
         budget="1T",  # the students were chosen under their budget; scoring them does not check it again
         spaces=tuple(sorted({s.space for s in specs})),
         img_size=args.img_size, batch_size=args.batch_size, score_batches=args.score_batches, proxies=tuple(names),
-        seed=args.seed,
+        seed=args.seed, objective="params",  # a single score: no reference sample to fit (every proxy is run below)
         width_match=args.width_match, relation_layer=args.relation_layer, score_teacher=args.score_teacher,
         device=args.device,
     )

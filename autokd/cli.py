@@ -308,6 +308,8 @@ def _recipe(args: argparse.Namespace, name: str):
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    import torch
+
     from autokd.data import load_data
     from autokd.recipes import default_recipe
     from autokd.teachers import resolve_teacher
@@ -316,8 +318,11 @@ def cmd_train(args: argparse.Namespace) -> int:
     out, resume = _run_folder(args)
     recipe = _recipe(args, args.recipe) if args.recipe else None  # a bad recipe fails before any loading
     data = load_data(args.data, img_size=args.img_size or 32, seed=args.seed)
-    students = [resolve_student(ref, data.num_classes, storage=args.storage, img_size=args.img_size)
-                for ref in args.student]
+    students = []
+    for i, ref in enumerate(args.student):
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(args.seed + i)  # the same initial weights on every run of the same command
+            students.append(resolve_student(ref, data.num_classes, storage=args.storage, img_size=args.img_size))
     if recipe is None:
         names = {default_recipe(student_space(s)) for s in students}
         if len(names) > 1:

@@ -46,6 +46,7 @@ def test_train_writes_results_and_resumes(capsys, tmp_path, folder, student_yaml
 
 
 def test_train_several_students_on_one_teacher_pass(capsys, tmp_path, folder, student_yaml, weights):
+    torch.manual_seed(12345)  # whatever state the process is in, the command seeds the students it builds
     other = tmp_path / "2.yaml"
     wider = ArchSpec.make("cifar_resnet", depths=(1, 1, 1), widths=(8, 16, 32), shortcut="A")
     other.write_text(yaml.safe_dump({"spec": wider.as_dict(), "search": {"img_size": 32, "num_classes": 10}}))
@@ -59,6 +60,16 @@ def test_train_several_students_on_one_teacher_pass(capsys, tmp_path, folder, st
     assert first["students_together"] == second["students_together"] == 2
     assert first["params"] < second["params"] and first["student"] != second["student"]
     assert stdout.count("results.json") == 2
+    # the same command again (a fresh process would start from another RNG state): the same students, the same run
+    code, _, err = run(capsys, ["train", "--teacher", "resnet20_cifar", "--teacher-weights", str(weights),
+                                "--student", str(student_yaml), "--student", str(other), "--data", str(folder),
+                                "--recipe", "kd", "--epochs", "1", "--batch-size", "16", "--out",
+                                str(tmp_path / "again"), "--quiet", "--workers", "0"])
+    assert code == 0, err
+    for i in (1, 2):
+        a = torch.load(out / str(i) / "last.pt", weights_only=True)["model"]
+        b = torch.load(tmp_path / "again" / str(i) / "last.pt", weights_only=True)["model"]
+        assert all(torch.equal(a[k], b[k]) for k in a)
 
 
 def STUDENT_MODEL_KEYS():

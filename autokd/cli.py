@@ -357,6 +357,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_finetune_teacher(args: argparse.Namespace) -> int:
     """Train the teacher itself with cross-entropy on the user's data; its best.pt is a --teacher-weights file."""
+    import torch
+
     from autokd.data import load_data
     from autokd.teachers import resolve_teacher
     from autokd.train import finetune_teacher
@@ -364,6 +366,7 @@ def cmd_finetune_teacher(args: argparse.Namespace) -> int:
     out, resume = _run_folder(args)
     recipe = _recipe(args, args.recipe)
     data = load_data(args.data, img_size=args.img_size or 32, seed=args.seed)
+    torch.manual_seed(args.seed)  # a new head for these classes starts from the same weights on every run
     teacher = resolve_teacher(args.teacher, data.num_classes, weights=args.teacher_weights, img_size=args.img_size)
     result = finetune_teacher(teacher, data, recipe, out, device=args.device, resume=resume, seed=args.seed,
                               num_workers=args.workers, progress=not args.quiet)

@@ -19,7 +19,7 @@ demo: $(STAMP)
 	$(VENV)/bin/autokd search --teacher vit_b --budget 1GFLOP --trials 60 --out runs/demo
 
 test: $(STAMP)
-	$(PY) -m pytest -q -p no:cacheprovider
+	$(PY) -m pytest -q -rs -p no:cacheprovider
 
 lint: $(STAMP)
 	$(PY) -m ruff check autokd tests benchmarks

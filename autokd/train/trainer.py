@@ -9,18 +9,14 @@ each student is evaluated once on the test split.
 from __future__ import annotations
 
 import logging
-import signal
-import threading
 import time
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn as nn
-from rich import progress as rp
 
 from autokd.cost import count_params, measure_cost, measure_latency
 from autokd.data.datasets import ImageDataset
@@ -44,6 +40,7 @@ from autokd.train.results import TrainResult
 from autokd.train.step import Batch, StudentRun
 from autokd.train.students import Student
 from autokd.train.teacher_side import TeacherSide, open_cache
+from autokd.train.watch import progress_bar, sigterm_flag
 
 log = logging.getLogger("autokd")
 
@@ -175,7 +172,7 @@ class Trainer:
                 s.out.mkdir(parents=True, exist_ok=True)
         show = self.options.progress and self.info.is_main
         try:
-            with _sigterm_flag() as self.sigterm, _progress(show) as self.bar:
+            with sigterm_flag() as self.sigterm, progress_bar(show) as self.bar:
                 while self.epoch < self.recipe.epochs and self.stop is None:
                     if self._train_epoch():
                         self._end_epoch()
@@ -395,31 +392,3 @@ class Trainer:
             history=s.history, heldout_top1=heldout[-1] if heldout else None,
             heldout_images=self.loaders.heldout_images, students_together=len(self.students),
         )
-
-
-@contextmanager
-def _sigterm_flag() -> Iterator[threading.Event]:
-    """An Event set by SIGTERM while the block runs (in the main thread; elsewhere it never fires)."""
-    flag = threading.Event()
-    if threading.current_thread() is not threading.main_thread():
-        yield flag
-        return
-    previous = signal.signal(signal.SIGTERM, lambda signum, frame: flag.set())
-    try:
-        yield flag
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-
-
-@contextmanager
-def _progress(enabled: bool):
-    """A rich progress bar showing loss, train accuracy and images per second (None when disabled)."""
-    if not enabled:
-        yield None
-        return
-    fields = "loss {task.fields[loss]:.4f}  acc {task.fields[acc]:.1f}%  {task.fields[ips]:.0f} img/s"
-    bar = rp.Progress(rp.TextColumn("[bold]{task.description}"), rp.BarColumn(), rp.MofNCompleteColumn(),
-                      rp.TextColumn(fields), rp.TimeElapsedColumn(), rp.TimeRemainingColumn(), transient=True)
-    with bar:
-        yield bar
-

@@ -117,7 +117,7 @@ def test_search_refine_from_the_command_line(capsys, tmp_path, folder, weights):
 
     out = tmp_path / "s"
     argv = ["search", "--teacher", "resnet20_cifar", "--teacher-weights", str(weights), "--data", str(folder),
-            "--budget", "5M", "--space", "cifar_resnet", "--trials", "6", "--population", "4", "--tournament", "2",
+            "--budget", "20M", "--space", "cifar_resnet", "--trials", "6", "--population", "4", "--tournament", "2",
             "--batch-size", "10", "--out", str(out), "--quiet", "--refine", "3", "--refine-epochs", "2",
             "--refine-images", "0", "--refine-recipe", "kd"]
     assert main(argv) == 0, capsys.readouterr().err

@@ -28,7 +28,7 @@ def test_no_artifact_of_a_postgresql_run_holds_the_password(postgres_url, tmp_pa
     assert password and len(password) >= 8
     out, study = tmp_path / "run", f"secret-{tmp_path.name}"
     argv = ["run", "--teacher", "resnet20_cifar", "--teacher-weights", str(weights), "--data", str(folder),
-            "--budget", "5M", "--space", "cifar_resnet", "--objective", "params", "--trials", "4", "--population",
+            "--budget", "20M", "--space", "cifar_resnet", "--objective", "params", "--trials", "4", "--population",
             "4", "--tournament", "2", "--batch-size", "10", "--train-top", "1", "--epochs", "1",
             "--train-batch-size", "16", "--loader-workers", "0", "--storage", postgres_url, "--study", study,
             "--out", str(out)]

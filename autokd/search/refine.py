@@ -122,17 +122,19 @@ def _next_rung(study: optuna.Study, trials: dict, values: dict, alive: list[int]
                epoch: int, epochs: int) -> list[int]:
     """Report each candidate's held-out top-1 at `epoch` (once) and keep those the pruner lets go on."""
     survivors = []
-    for rank in alive:
-        trial = trials[rank]
-        if epoch not in values[rank]:
-            trial.report(reached[rank], epoch)
-            values[rank][epoch] = reached[rank]
-        if epoch == epochs:
-            study.tell(trial, values[rank][epoch])
-        elif trial.should_prune():
-            study.tell(trial, state=optuna.trial.TrialState.PRUNED)
-        else:
-            survivors.append(rank)
+    with warnings.catch_warnings():  # the storage's heartbeat is for the search's workers, not these trials
+        warnings.filterwarnings("ignore", message="Heartbeat of storage")
+        for rank in alive:
+            trial = trials[rank]
+            if epoch not in values[rank]:
+                trial.report(reached[rank], epoch)
+                values[rank][epoch] = reached[rank]
+            if epoch == epochs:
+                study.tell(trial, values[rank][epoch])
+            elif trial.should_prune():
+                study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+            else:
+                survivors.append(rank)
     return survivors
 
 

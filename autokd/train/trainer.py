@@ -183,8 +183,9 @@ class Trainer:
                 s.remove_tap()
             self.teacher_side.close()
         if self.stop is not None and self.info.is_main:
-            log.info("stopped: %s; resume from last.pt in %s", self.stop, ", ".join(str(s.out) for s in
-                                                                                    self.students))
+            planned = self.stop.startswith("max_steps")  # the caller's plan (a --refine rung), not an interruption
+            log.log(logging.DEBUG if planned else logging.INFO, "stopped: %s; resume from last.pt in %s", self.stop,
+                    ", ".join(str(s.out) for s in self.students))
         final = self._final_metrics()
         seconds = time.perf_counter() - start
         return [self._report(s, metrics, seconds) for s, metrics in zip(self.students, final)]

@@ -7,6 +7,7 @@ returns equal the decoded files', so every transform gives exactly what it gives
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -31,9 +32,8 @@ def content_digest(images: LabeledImages) -> str:
     h = hashlib.blake2b(digest_size=12)
     if isinstance(images, ZipImages):
         h.update(json.dumps(images.members).encode())
-        with open(images.zip_path, "rb") as f:
-            while chunk := f.read(1 << 24):
-                h.update(chunk)
+        st = os.stat(images.zip_path)
+        h.update(_file_digest(str(images.zip_path), st.st_size, st.st_mtime_ns).encode())
     elif isinstance(images, FileImages):
         for p in images.paths:
             st = os.stat(p)
@@ -41,6 +41,17 @@ def content_digest(images: LabeledImages) -> str:
     else:
         raise TypeError(f"no content digest for {type(images).__name__}")
     h.update(np.asarray(images.labels, dtype=np.int64).tobytes())
+    return h.hexdigest()
+
+
+@functools.lru_cache(maxsize=8)
+def _file_digest(path: str, size: int, mtime_ns: int) -> str:
+    """The bytes of a file, hashed once per process for a given size and modification time (every Trainer of a
+    refine or ground-truth build opens the same zip)."""
+    h = hashlib.blake2b(digest_size=12)
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 24):
+            h.update(chunk)
     return h.hexdigest()
 
 

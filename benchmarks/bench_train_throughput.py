@@ -193,7 +193,7 @@ def _autokd_step(teacher: Teacher, student_name: str, img: int, images, labels, 
     trainer = Trainer(student, teacher, data, recipe, out, info, options)
     trainer.students[0].trainable.train()
     if cache:
-        trainer.cache.prepare(0, create=True)
+        trainer.teacher_side.cache.prepare(0, create=True)
     x = images.contiguous(memory_format=torch.channels_last) if device.type == "cuda" else images
     b = Batch(x, labels, np.arange(images.shape[0]), np.arange(images.shape[0]))
     return lambda: trainer.step(b)

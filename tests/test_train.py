@@ -94,10 +94,10 @@ def test_teacher_accuracy_is_measured_on_the_same_split(data, trained_teacher, t
     from autokd.train import Trainer, evaluate
 
     trainer = Trainer(tiny(), trained_teacher, data, small_recipe("kd"), tmp_path, CPU)
-    direct = evaluate(trained_teacher.model, trainer.test_loader, CPU)
+    direct = evaluate(trained_teacher.model, trainer.loaders.test_loader, CPU)
     meter = ClassificationMeter()
     with torch.no_grad():
-        for images, labels in trainer.test_loader:
+        for images, labels in trainer.loaders.test_loader:
             meter.update(trained_teacher.model(images), labels)
     assert direct.top1 == meter.result().top1 and direct.count == 64
 

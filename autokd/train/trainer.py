@@ -128,23 +128,6 @@ class Trainer:
         if states is not None:
             self._restore(states)
 
-    # single-student conveniences (the benchmarks and tests drive one student)
-    @property
-    def model(self) -> nn.Module:
-        return self.students[0].model
-
-    @property
-    def cache(self):
-        return self.teacher_side.cache
-
-    @property
-    def heldout_loader(self):
-        return self.loaders.heldout_loader
-
-    @property
-    def test_loader(self):
-        return self.loaders.test_loader
-
     def _mixup(self):
         r = self.recipe
         if (r.mixup > 0 or r.cutmix > 0) and r.teacher_cache:

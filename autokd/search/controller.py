@@ -37,8 +37,9 @@ from autokd.proxies.aggregate import DEFAULT_OBJECTIVE, RankAggregate, aggregate
 from autokd.search.codec import SpecCodec, holds_spec
 from autokd.search.evaluate import CandidateEvaluator, sample_reference
 from autokd.search.samplers import BudgetedRandomSampler, RegularizedEvolutionSampler
-from autokd.search.study import HEARTBEAT_SECONDS, find_study, masked_url, open_storage
+from autokd.search.study import find_study
 from autokd.spaces import SearchSpace, available_spaces, default_spaces, load_space
+from autokd.storage import HEARTBEAT_SECONDS, masked_url, open_storage
 from autokd.teachers import Teacher, resolve_teacher
 
 log = logging.getLogger("autokd")

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import optuna
 
-from autokd.storage import HEARTBEAT_SECONDS, masked_url, open_storage  # noqa: F401  (the controller's imports)
-
 
 def find_study(storage: optuna.storages.BaseStorage, name: str) -> bool:
     """Whether a study of this name exists in the storage."""

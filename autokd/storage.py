@@ -13,7 +13,7 @@ from urllib.parse import unquote
 
 import optuna
 from sqlalchemy import event
-from sqlalchemy.exc import IntegrityError, ProgrammingError
+from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError
 
 from autokd.errors import AutokdError
 
@@ -91,7 +91,10 @@ def _rdb_storage(url: str, engine_kwargs: dict, heartbeat: int, attempts: int = 
     for attempt in range(attempts - 1):
         try:
             return make()
-        except (IntegrityError, ProgrammingError):  # workers started together race to create Optuna's tables
+        except (IntegrityError, OperationalError, ProgrammingError) as err:
+            # workers started together race to create Optuna's tables; SQLite says "table ... already exists"
+            if isinstance(err, OperationalError) and "already exists" not in str(err):
+                raise
             time.sleep(0.2 * (attempt + 1))
     return make()
 

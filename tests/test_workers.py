@@ -135,3 +135,30 @@ def test_worker_seeds_differ_by_worker_and_machine_and_repeat_with_a_seed(monkey
     assert len(set(here)) == 4 and here == [worker_seed(7, k) for k in range(4)]
     monkeypatch.setattr(socket, "gethostname", lambda: "another-machine")
     assert not set(here) & {worker_seed(7, k) for k in range(4)}
+
+
+OPEN_AT_ONCE = """
+import sys, time
+from pathlib import Path
+from autokd.storage import open_storage
+go = Path(sys.argv[2])
+while not go.exists():
+    time.sleep(0.005)
+storage = open_storage(sys.argv[1])
+print(len(storage.get_all_studies()))
+"""
+
+
+@pytest.mark.parametrize("round_", range(3))
+def test_workers_opening_a_fresh_sqlite_file_at_once_all_succeed(tmp_path, round_):
+    """Workers started together race to create Optuna's tables; the loser sees "table already exists" and must
+    open the storage the winner made, not fail."""
+    url, go = f"sqlite:///{tmp_path}/race.db", tmp_path / "go"
+    procs = [subprocess.Popen([sys.executable, "-c", OPEN_AT_ONCE, url, str(go)], env=ENV, text=True,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT) for _ in range(6)]
+    time.sleep(3)  # every process has imported optuna and waits on the go file
+    go.touch()
+    for p in procs:
+        out, _ = p.communicate(timeout=120)
+        assert p.returncode == 0, out[-2000:]
+        assert out.strip().splitlines()[-1] == "0"

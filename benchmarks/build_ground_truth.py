@@ -9,7 +9,8 @@ benchmarks/results/gt_cifar10.csv: spec (autokd JSON), macs, params, kd_acc, cls
 Runs resume: a training the CSV already holds is not run again (so a fresh checkout resumes from the committed
 CSV), a finished one in the run folders (results.json) is reused, an interrupted one continues from its last.pt;
 the CSV is rewritten as trainings finish. Jobs run student by student, every seed of one student together, so a
-partial run already gives seed pairs spread over the MACs range.
+partial run already gives seed pairs spread over the MACs range; `--seeds-last` trains every student's first seed
+before any second one, so that a partial run spans more students.
 
 GPU (small models share one GPU well; several processes at once):
     python benchmarks/build_ground_truth.py --device cuda --workers 6 --students 48 --vit-students 24 \
@@ -275,6 +276,8 @@ def main(argv: list[str] | None = None) -> Path:
     p.add_argument("--seed", type=int, default=0, help="sampling seed")
     p.add_argument("--device", default="auto")
     p.add_argument("--workers", type=int, default=1, help="parallel training processes")
+    p.add_argument("--seeds-last", action="store_true",
+                   help="train every student's first seed before any later seed (a partial run spans more students)")
     p.add_argument("--together", type=int, default=1,
                    help="students of one space and seed trained together, one teacher pass per batch")
     p.add_argument("--threads", type=int, help="torch threads per process (default cores / workers)")
@@ -311,6 +314,8 @@ def main(argv: list[str] | None = None) -> Path:
             f"teacher {args.teacher} {ft}, budgets {args.budgets}" + (f"; {args.note}" if args.note else ""))
     order = random.Random(args.seed).sample(specs, len(specs))  # a partial run still spans the MACs range
     jobs = [(s.to_json(), kind, seed) for s in order for seed in range(args.seeds) for kind in kinds]
+    if args.seeds_last:  # every student's first seed before any second one: a partial run covers more students
+        jobs.sort(key=lambda job: job[2])
     print(f"{len(specs)} students x {args.seeds} seed(s) x {len(kinds)} = {len(jobs)} trainings on {args.device} with "
           f"{args.workers} worker(s); {note}", flush=True)
     out = Path(args.out)

@@ -207,7 +207,13 @@ PRESETS: dict[str, dict[str, Any]] = {
 def load_recipe(source: str | Path, *, epochs: int | None = None, batch_size: int | None = None,
                 lr: float | None = None, teacher_cache: bool = False) -> Recipe:
     """`Recipe.load(source)` with command-line overrides; new `epochs` rescale the warm-ups (`with_epochs`)."""
-    recipe = Recipe.load(source)
+    return with_overrides(Recipe.load(source), epochs=epochs, batch_size=batch_size, lr=lr,
+                          teacher_cache=teacher_cache)
+
+
+def with_overrides(recipe: Recipe, *, epochs: int | None = None, batch_size: int | None = None,
+                   lr: float | None = None, teacher_cache: bool = False) -> Recipe:
+    """`recipe` with the command-line overrides that are given; new `epochs` rescale the warm-ups."""
     if epochs is not None:
         recipe = recipe.with_epochs(epochs)
     changes: dict[str, Any] = {k: v for k, v in (("batch_size", batch_size), ("lr", lr)) if v is not None}

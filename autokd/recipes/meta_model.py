@@ -1,0 +1,103 @@
+"""A meta-model over any table of (task features, pipeline knobs, outcome) rows, AutoDistiller-style.
+
+    model = MetaModel(task_columns=["num_classes", "teacher_acc"], pipeline_columns=["loss", "lr"],
+                      outcome="gain").fit(table)
+    ranked = model.rank({"num_classes": 10, "teacher_acc": 0.9}, candidates)   # best predicted first
+    close = model.nearest_tasks({"num_classes": 10, "teacher_acc": 0.9}, task_column="task")
+
+The regressor is a scikit-learn random forest over the task columns and the one-hot coded pipeline columns; the
+interval of a prediction is the spread (quantiles) of its trees' predictions. Nothing here knows about KD: any
+knowledge base with those three kinds of columns works.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from autokd.errors import AutokdError
+
+
+@dataclass
+class MetaModel:
+    """Predicts `outcome` from `task_columns` (numeric) and `pipeline_columns` (numeric or categorical)."""
+
+    task_columns: Sequence[str]
+    pipeline_columns: Sequence[str]
+    outcome: str
+    trees: int = 200
+    interval: tuple[float, float] = (0.1, 0.9)
+    seed: int = 0
+    min_leaf: int = 1
+    bootstrap: bool = True  # False: every tree sees every row (deterministic, no spread)
+    _forest: Any = field(default=None, repr=False)
+    _design: list[str] = field(default_factory=list, repr=False)
+    _fill: pd.Series | None = field(default=None, repr=False)
+
+    def fit(self, table: pd.DataFrame) -> MetaModel:
+        """Fit on the rows of `table` whose outcome is known; returns self."""
+        from sklearn.ensemble import RandomForestRegressor
+
+        missing = [c for c in (*self.task_columns, *self.pipeline_columns, self.outcome) if c not in table.columns]
+        if missing:
+            raise AutokdError(f"the meta-model's table lacks column(s) {', '.join(missing)}")
+        rows = table[table[self.outcome].notna()]
+        if len(rows) < 2:
+            raise AutokdError(f"the meta-model needs at least 2 rows with a known {self.outcome!r}, got {len(rows)}")
+        x = self._encode(rows, fit=True)
+        self._forest = RandomForestRegressor(n_estimators=self.trees, min_samples_leaf=self.min_leaf,
+                                             bootstrap=self.bootstrap,
+                                             random_state=self.seed, n_jobs=1).fit(x, rows[self.outcome].to_numpy())
+        return self
+
+    def predict(self, frame: pd.DataFrame) -> pd.DataFrame:
+        """`mean`, `low` and `high` (the `interval` quantiles over the trees) of the outcome for each row."""
+        if self._forest is None:
+            raise AutokdError("the meta-model is not fitted: call fit(table) first")
+        x = self._encode(frame, fit=False)
+        per_tree = np.stack([tree.predict(x) for tree in self._forest.estimators_])
+        low, high = np.quantile(per_tree, self.interval, axis=0)
+        return pd.DataFrame({"mean": per_tree.mean(0), "low": low, "high": high}, index=frame.index)
+
+    def rank(self, task: Mapping[str, Any], candidates: pd.DataFrame) -> pd.DataFrame:
+        """`candidates` (pipeline columns, any others kept) for the task `task`, with `mean`/`low`/`high`,
+        best predicted first, with a 1-based `rank` column."""
+        frame = candidates.copy()
+        for column in self.task_columns:
+            frame[column] = task[column]
+        predicted = pd.concat([candidates, self.predict(frame)], axis=1)
+        predicted = predicted.sort_values("mean", ascending=False, kind="stable").reset_index(drop=True)
+        predicted.insert(0, "rank", range(1, len(predicted) + 1))
+        return predicted
+
+    def nearest_tasks(self, task: Mapping[str, Any], table: pd.DataFrame, task_column: str,
+                      k: int = 3) -> pd.DataFrame:
+        """The `k` tasks of `table` closest to `task` in the task columns, each standardised over `table`'s
+        tasks: `task_column` and `distance`, nearest first."""
+        tasks = table.groupby(task_column)[list(self.task_columns)].mean()
+        mean, std = tasks.mean(), tasks.std(ddof=0).replace(0, 1).fillna(1)
+        point = pd.Series({c: float(task[c]) for c in self.task_columns})
+        z = ((tasks - mean) / std).fillna(0)
+        distance = np.sqrt((((point - mean) / std).fillna(0) - z).pow(2).sum(axis=1))
+        return distance.sort_values(kind="stable").head(k).rename("distance").reset_index()
+
+    def _encode(self, frame: pd.DataFrame, fit: bool) -> np.ndarray:
+        """Task columns as floats (missing: the column's training median), pipeline columns one-hot coded
+        when they are not numeric."""
+        parts = [frame[list(self.task_columns)].astype(float)]
+        for column in self.pipeline_columns:
+            values = frame[column]
+            if pd.api.types.is_bool_dtype(values) or pd.api.types.is_numeric_dtype(values):
+                parts.append(values.astype(float).to_frame(column))
+            else:
+                parts.append(pd.get_dummies(values.astype(str), prefix=column, prefix_sep="=", dtype=float))
+        x = pd.concat(parts, axis=1)
+        if fit:
+            self._design = list(x.columns)
+            self._fill = x.median()
+        x = x.reindex(columns=self._design, fill_value=0.0)
+        return x.fillna(self._fill).fillna(0.0).to_numpy()

@@ -1,0 +1,126 @@
+import numpy as np
+import pandas as pd
+import pytest
+
+from autokd.errors import AutokdError
+from autokd.recipes.kb import COLUMNS, append_rows, make_row, pair_columns, read_kb, recipe_columns
+from autokd.recipes.loto import leave_one_task_out, loto_summary
+from autokd.recipes.meta_model import MetaModel
+from autokd.recipes.recommend import candidate_grid, grid_frame, recommend
+
+
+def planted_table(tasks: int = 24, seed: int = 0) -> pd.DataFrame:
+    """Recipe 'sharp' gains 2 points exactly when the feature 'noise' is high, else -1; 'safe' always gains 0.5."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for t in range(tasks):
+        noise, size = rng.uniform(0, 1), rng.uniform(0, 1)  # size: a feature that does not matter
+        for recipe, lr in (("sharp", 0.1), ("safe", 0.05)):
+            for s in range(2):
+                gain = (2.0 if noise > 0.5 else -1.0) if recipe == "sharp" else 0.5
+                rows.append({"dataset": f"d{t}", "noise": noise, "size": size, "method": recipe, "lr": lr,
+                             "acc_gain": gain + rng.normal(0, 0.1), "seed": s})
+    return pd.DataFrame(rows)
+
+
+def test_meta_model_recovers_a_planted_rule_on_any_table():
+    table = planted_table()
+    model = MetaModel(["noise", "size"], ["method", "lr"], "acc_gain", trees=100).fit(table)
+    candidates = pd.DataFrame({"method": ["safe", "sharp"], "lr": [0.05, 0.1]})
+    for noise, winner in ((0.9, "sharp"), (0.75, "sharp"), (0.1, "safe"), (0.3, "safe")):
+        ranked = model.rank({"noise": noise, "size": 0.5}, candidates)
+        assert ranked["method"].tolist()[0] == winner and ranked["rank"].tolist() == [1, 2]
+    high = model.rank({"noise": 0.9, "size": 0.5}, candidates).set_index("method")
+    assert high.loc["sharp", "mean"] == pytest.approx(2.0, abs=0.4)
+    assert high.loc["safe", "mean"] == pytest.approx(0.5, abs=0.3)
+    assert (high["low"] <= high["mean"]).all() and (high["mean"] <= high["high"]).all()
+    near = model.nearest_tasks({"noise": 0.9, "size": 0.5}, table, "dataset", k=3)
+    assert list(near.columns) == ["dataset", "distance"] and near["distance"].is_monotonic_increasing
+    by_task = table.groupby("dataset")[["noise", "size"]].first()
+    z = (by_task - by_task.mean()) / by_task.std(ddof=0)
+    point = (pd.Series({"noise": 0.9, "size": 0.5}) - by_task.mean()) / by_task.std(ddof=0)
+    assert near["dataset"][0] == ((z - point) ** 2).sum(axis=1).idxmin()
+
+
+def test_leave_one_task_out_regret_matches_a_hand_computation():
+    gains = {"A": {"r1": 3, "r2": 1, "r3": 2}, "B": {"r1": 2, "r2": 0, "r3": 4}, "C": {"r1": 1, "r2": 5, "r3": 0}}
+    table = pd.DataFrame([{"task": t, "f": 1.0, "recipe_id": r, "gain": g, "pair": "p"}
+                          for t, by in gains.items() for r, g in by.items()])
+    frame = leave_one_task_out(
+        table, top=2, unit_columns=("task", "pair"), task_columns=["f"], pipeline_columns=["recipe_id"],
+        default=lambda unit: "r3",
+        make_model=lambda: MetaModel(["f"], ["recipe_id"], "gain", trees=5, bootstrap=False)).set_index("task")
+    # held out A: trained on B, C -> means r1 1.5, r2 2.5, r3 2.0 -> ranking r2, r3, r1; fixed = r2
+    # held out B: trained on A, C -> r1 2.0, r2 3.0, r3 1.0 -> r2, r1, r3; fixed = r2
+    # held out C: trained on A, B -> r1 2.5, r2 0.5, r3 3.0 -> r3, r1, r2; fixed = r3
+    assert frame["top1_recipe"].to_dict() == {"A": "r2", "B": "r2", "C": "r3"}
+    assert frame["top1_gain"].tolist() == [1, 0, 0]
+    assert frame["top2_gain"].tolist() == [2, 2, 1]
+    assert frame["best_gain"].tolist() == [3, 4, 5]
+    assert frame["fixed_gain"].tolist() == [1, 0, 0]
+    assert frame["default_gain"].tolist() == [2, 4, 0]
+    assert frame["top1_regret"].tolist() == [2, 4, 5]
+    assert frame["top2_regret"].tolist() == [1, 2, 4]
+    assert frame["default_regret"].tolist() == [1, 0, 5]
+    summary = loto_summary(frame.reset_index())
+    assert summary["top1_regret"] == pytest.approx(11 / 3) and summary["top2_regret"] == pytest.approx(7 / 3)
+    assert summary["default_regret"] == pytest.approx(2.0) and summary["units"] == 3
+    assert summary["top1_at_least_default"] == pytest.approx(1 / 3)
+
+
+def kb_rows(tasks=("t1", "t2", "t3"), student_family="cifar_resnet"):
+    grid = candidate_grid("cifar_resnet", student_family)
+    rows = []
+    for i, task in enumerate(tasks):
+        features = {"num_classes": 10, "train_size": 1000 * (i + 1), "resolution": 32, "class_balance": 1.0,
+                    "teacher_acc": 0.5 + 0.1 * i, "teacher_entropy": 1.0, "teacher_ece": 0.05, "probe_acc": 0.6}
+        pair = pair_columns("cifar_resnet", student_family, 40_000_000, 5_000_000, 270_000, 50_000)
+        for j, (rid, recipe) in enumerate(list(grid.items())[:6]):
+            rows.append(make_row(task, features, pair, recipe_columns(recipe, rid, rid.split(":")[0]),
+                                 50.0 + j, 49.0, seed=0))
+    return rows
+
+
+def test_kb_appends_atomically_skips_known_keys_and_validates(tmp_path):
+    path = tmp_path / "kb.csv"
+    assert append_rows(path, kb_rows()) == 18
+    assert append_rows(path, kb_rows()) == 0  # the same runs again: keys already there
+    frame = read_kb(path)
+    assert list(frame.columns) == list(COLUMNS) and len(frame) == 18
+    assert frame["gain"].eq(frame["student_acc"] - 49.0).all() and set(frame["source"]) == {"run"}
+    assert not list(tmp_path.glob(".kb.csv.tmp*"))
+
+
+@pytest.mark.parametrize("content, message", [
+    ("a,b\n1,2\n", r"lacks column\(s\) num_classes"),
+    ("\x00\x01\x02PK\x03\x04 binary", "not an autokd KB|not a CSV"),
+    (None, "no knowledge base at"),
+])
+def test_bad_kb_gives_one_line_naming_the_fallback(tmp_path, content, message):
+    path = tmp_path / "kb.csv"
+    if content is not None:
+        path.write_text(content)
+    profile = {**kb_rows()[0]}
+    with pytest.raises(AutokdError, match=message) as err:
+        recommend(str(path), profile)
+    assert "\n" not in str(err.value) and "falling back to the default rule (dist" in str(err.value)
+
+
+def test_kb_without_rows_for_this_pair_kind_names_the_fallback(tmp_path):
+    path = tmp_path / "kb.csv"
+    append_rows(path, kb_rows())
+    profile = {**kb_rows(student_family="vit")[0]}
+    with pytest.raises(AutokdError, match=r"no cnn->vit runs .* \(it holds cnn->cnn\).*kd_adamw") as err:
+        recommend(str(path), profile)
+    assert "\n" not in str(err.value)
+
+
+def test_grid_has_every_kd_preset_with_its_knobs():
+    grid = candidate_grid()
+    presets = {rid.split(":")[0] for rid in grid}
+    assert presets == {"kd", "dkd", "dist", "nkd", "kd_ls", "fitnet", "kd_adamw"}  # minilm needs two ViTs
+    assert "minilm" in {r.split(":")[0] for r in candidate_grid("vit", "vit")}
+    assert grid["kd:T=2"].loss_params["temperature"] == 2.0 and grid["dist:T=4"].loss_params["tau"] == 4.0
+    assert grid["dkd:beta=2"].loss_params["beta"] == 2.0 and grid["dkd:beta=2"].loss_params["alpha"] == 1.0
+    assert grid["kd:lr=0.1"].lr == pytest.approx(0.1)
+    assert len(grid) == 7 * 5 and grid_frame(grid)["recipe_id"].is_unique

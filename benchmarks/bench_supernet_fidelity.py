@@ -1,0 +1,179 @@
+"""What a supernet buys: K = 1 (one-shot) against K = 3 bands, scored on the CIFAR-10 ground truth.
+
+For each K: split the space's range (its smallest model to the largest ground-truth MACs) into K bands, train
+one supernet per band by sandwich KD from the teacher on the ground truth's CIFAR-10 subset (32 px), then score
+every ground-truth student of the space by held-out top-1 with inherited weights (BatchNorm recalibrated, no
+retraining). Reports Kendall tau against the students' mean kd_acc, beside #params, with CPU-minutes. Then one
+subnet (the median-MACs student) is distilled for `--finetune-epochs` from its inherited weights and from
+scratch, and both test top-1s are reported. Writes benchmarks/results/supernet_fidelity[_small].json and .csv.
+
+Held-out scoring images come from the training subset (the search never reads the test split); kd_acc is the
+ground truth's test accuracy.
+
+    python benchmarks/bench_supernet_fidelity.py --small            # a smoke run, minutes
+    python benchmarks/bench_supernet_fidelity.py --epochs 20 --bands 1,3 --finetune-teacher 2 --finetune-epochs 4
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from scipy.stats import kendalltau
+from torch.utils.data import DataLoader
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from build_ground_truth import DEFAULT_DATA, DEFAULT_WEIGHTS, IMG_SIZE, teacher_weights  # noqa: E402
+from common import RESULTS_DIR, machine, write_json  # noqa: E402
+
+from autokd.data import load_data, subset_data  # noqa: E402
+from autokd.data.split import split_indices  # noqa: E402
+from autokd.io import write_csv  # noqa: E402
+from autokd.recipes import load_recipe  # noqa: E402
+from autokd.spaces import ArchSpec, load_space  # noqa: E402
+from autokd.supernet import (  # noqa: E402
+    SupernetRun,
+    band_supernet,
+    calibration_batches,
+    heldout_targets,
+    score_subnet,
+    space_bands,
+    train_supernet,
+)
+from autokd.teachers import resolve_teacher  # noqa: E402
+from autokd.train import Inputs, Student, train_student  # noqa: E402
+from autokd.train.inputs import recipe_transform  # noqa: E402
+
+GT = RESULTS_DIR / "gt_cifar10_v2.csv"
+
+
+def ground_truth(path: Path, space: str, limit: int | None) -> pd.DataFrame:
+    """One row per student of `space`: spec, macs, params and the mean kd_acc over seeds."""
+    rows = pd.read_csv(path)
+    rows = rows[rows["space"] == space]
+    frame = rows.groupby("spec", as_index=False).agg(macs=("macs", "first"), params=("params", "first"),
+                                                     kd_acc=("kd_acc", "mean"), seeds=("seed", "count"))
+    frame = frame.sort_values("macs").reset_index(drop=True)
+    if limit and limit < len(frame):  # spread over the MACs range
+        frame = frame.iloc[np.linspace(0, len(frame) - 1, limit).round().astype(int)].reset_index(drop=True)
+    return frame
+
+
+def tau(a, b) -> float:
+    return float(kendalltau(a, b).statistic)
+
+
+def main(argv: list[str] | None = None) -> Path:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--gt", default=str(GT))
+    p.add_argument("--space", default="cifar_resnet")
+    p.add_argument("--data", default=str(DEFAULT_DATA))
+    p.add_argument("--teacher", default="resnet56_cifar")
+    p.add_argument("--teacher-weights", default=str(DEFAULT_WEIGHTS) if DEFAULT_WEIGHTS.exists() else None)
+    p.add_argument("--finetune-teacher", type=int, default=2, help="teacher fine-tuning epochs (as the GT)")
+    p.add_argument("--subset", type=int, default=4000)
+    p.add_argument("--test-subset", type=int, default=2000)
+    p.add_argument("--bands", default="1,3")
+    p.add_argument("--epochs", type=int, default=10, help="supernet training epochs")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--pool", type=int, default=200, help="in-band specs that size each supernet")
+    p.add_argument("--students", type=int, default=None, help="at most this many GT students (spread by MACs)")
+    p.add_argument("--finetune-epochs", type=int, default=4, help="inherited vs scratch training epochs")
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--runs", default="runs/supernet_fidelity")
+    p.add_argument("--small", action="store_true", help="a smoke run: tiny subset, 1 epoch, 6 students")
+    p.add_argument("--out", default=None)
+    args = p.parse_args(argv)
+    if args.small:
+        args.subset, args.test_subset, args.epochs, args.students = 400, 200, 1, 6
+        args.finetune_epochs, args.finetune_teacher, args.pool, args.batch_size = 1, 0, 40, 32
+        args.runs = args.runs + "_small"
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    logging.basicConfig(level=logging.WARNING, format="autokd: %(message)s")
+    stem = "supernet_fidelity_small" if args.small else "supernet_fidelity"
+    out = Path(args.out) if args.out else RESULTS_DIR / f"{stem}.json"
+    runs = Path(args.runs)
+
+    # the GT's data and teacher: same subset, same (fine-tuned) teacher
+    gt_args = argparse.Namespace(finetune_epochs=args.finetune_teacher, teacher_weights=args.teacher_weights,
+                                 runs=str(runs), data=args.data, subset=args.subset, test_subset=args.test_subset,
+                                 teacher=args.teacher, finetune_lr=0.01, device="cpu")
+    weights = teacher_weights(gt_args)
+    data = subset_data(load_data(args.data, img_size=IMG_SIZE, seed=0), args.subset, args.test_subset, 0)
+    teacher = resolve_teacher(args.teacher, data.num_classes, weights=weights)
+    inputs = Inputs.of(teacher)
+    train_idx, heldout_idx = split_indices(data.train.labels, 0.1, seed=0)
+    train_view = data.train.view(train_idx, recipe_transform("standard", inputs))
+    eval_view = data.train.view(heldout_idx, recipe_transform("none", inputs))
+    torch.manual_seed(0)
+    train_loader = DataLoader(train_view, batch_size=args.batch_size, shuffle=True, drop_last=True,
+                              generator=torch.Generator().manual_seed(0))
+    heldout = heldout_targets(teacher.model, DataLoader(eval_view, batch_size=256))
+    calibration = calibration_batches(train_loader)
+
+    gt = ground_truth(Path(args.gt), args.space, args.students)
+    specs = [ArchSpec.from_json(s) for s in gt["spec"]]
+    space = load_space(args.space, IMG_SIZE)
+    budget = int(gt["macs"].max())
+    recipe = load_recipe("dist" if args.space == "cifar_resnet" else "kd_adamw", epochs=args.epochs,
+                         batch_size=args.batch_size)
+    result = {"machine": machine(), "settings": vars(args), "budget": budget, "students": len(gt),
+              "params_tau": tau(gt["params"], gt["kd_acc"]), "macs_tau": tau(gt["macs"], gt["kd_acc"]),
+              "supernets": [], "note": "tau against the GT's mean kd_acc; supernet scores are held-out top-1 with "
+              "inherited weights (BatchNorm recalibrated on 8 training batches)"}
+    table = gt.copy()
+    last_net = None
+    for k in (int(x) for x in args.bands.split(",")):
+        cpu0, wall0 = time.process_time(), time.perf_counter()
+        scores = {}
+        for band in space_bands(space, budget, k, data.num_classes):
+            members = [s for s in specs if band.fits(s)]
+            net, largest, smallest = band_supernet(band, include=members, pool=args.pool)
+            run = SupernetRun(band, largest, smallest, recipe)
+            history = train_supernet(net, teacher.model, train_loader, run, runs / f"k{k}" / f"band{band.band.index}")
+            for spec in members:
+                scores[spec] = score_subnet(net, band, spec, heldout, calibration)
+            print(f"K={k} {band.band}: {len(members)} GT students, last loss {history[-1]['loss_random']:.3f}",
+                  flush=True)
+            last_net = (net, band)
+        cpu = (time.process_time() - cpu0) / 60
+        column = f"k{k}_top1"
+        table[column] = [scores[s]["top1"] if s in scores else np.nan for s in specs]
+        scored = table[column].notna()
+        result["supernets"].append({
+            "bands": k, "epochs": args.epochs, "scored": int(scored.sum()),
+            "tau": tau(table.loc[scored, column], table.loc[scored, "kd_acc"]),
+            "cpu_minutes": cpu, "wall_minutes": (time.perf_counter() - wall0) / 60})
+        print(f"K={k}: tau {result['supernets'][-1]['tau']:.3f} over {int(scored.sum())} students, "
+              f"{cpu:.1f} CPU-min (params tau {result['params_tau']:.3f})", flush=True)
+
+    # one subnet: distilled from its inherited weights vs from scratch, same epochs and recipe
+    net, band = last_net
+    pick = next(s for s in specs[len(specs) // 2:] if net.contains(s) and band.fits(s))
+    ft = load_recipe("dist" if args.space == "cifar_resnet" else "kd_adamw", epochs=args.finetune_epochs,
+                     batch_size=args.batch_size)
+    compare = {"spec": pick.to_json(), "epochs": args.finetune_epochs}
+    for start in ("inherited", "scratch"):
+        model = space.build(pick, data.num_classes)
+        if start == "inherited":
+            model.load_state_dict(net.inherit(pick, calibration))
+        cpu0 = time.process_time()
+        r = train_student(Student(model, start, pick), teacher, data, ft, runs / f"finetune_{start}", device="cpu",
+                          seed=0, num_workers=0, progress=False, heldout=0, evaluate_teacher=False)
+        compare[start] = {"test_top1": r.top1, "cpu_minutes": (time.process_time() - cpu0) / 60}
+    result["finetune"] = compare
+    print(f"fine-tune {pick.short()}: inherited {compare['inherited']['test_top1']:.2f}% vs scratch "
+          f"{compare['scratch']['test_top1']:.2f}% after {args.finetune_epochs} epochs", flush=True)
+    write_csv(out.with_suffix(".csv"), table)
+    return write_json(result, out)
+
+
+if __name__ == "__main__":
+    main()

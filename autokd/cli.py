@@ -262,8 +262,9 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
 
 def add_recipe_args(p: argparse.ArgumentParser) -> None:
     """--recipe, --baseline and --teacher-cache, shared by `train` and `run`."""
-    p.add_argument("--recipe", help="a preset (kd, dkd, dist, nkd, kd_ls, fitnet, minilm, none, kd_adamw) or a "
-                                    "recipe YAML/JSON file (default: dist for CNN students, kd_adamw for ViTs)")
+    p.add_argument("--recipe", help="a preset (kd, dkd, dist, nkd, kd_ls, fitnet, minilm, none, kd_adamw), a "
+                                    "recipe YAML/JSON file, or auto: the top `autokd recommend` from the knowledge "
+                                    "base (default: dist for CNN students, kd_adamw for ViTs)")
     p.add_argument("--baseline", action="store_true", help="also train each student without KD and report the gain")
     p.add_argument("--teacher-cache", action="store_true", help="cache the teacher's top-k outputs (TinyViT-style)")
 
@@ -277,6 +278,7 @@ def add_train_args(p: argparse.ArgumentParser, student: bool = True) -> None:
                             "repeat it to train several students on one teacher pass (OUT/1, OUT/2, ...)")
         p.add_argument("--storage", help="the storage of a study:NAME#TRIAL student (default sqlite:///autokd.db)")
         add_recipe_args(p)
+        add_kb_args(p)
     p.add_argument("--data", help="ImageFolder dir, ImageFolder zip, or CIFAR pickle folder (default: synthetic demo)")
     p.add_argument("--epochs", type=int, help="override the recipe's epochs (warm-ups scale with it)")
     p.add_argument("--batch-size", type=int, help="override the recipe's global batch size")
@@ -312,29 +314,41 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     from autokd.data import load_data
     from autokd.recipes import default_recipe
+    from autokd.recipes.advise import add_runs, profile_of, recipe_auto, student_profile
+    from autokd.recipes.kb import kb_path
     from autokd.teachers import resolve_teacher
     from autokd.train import resolve_student, student_space, train_students
 
     out, resume = _run_folder(args)
-    recipe = _recipe(args, args.recipe) if args.recipe else None  # a bad recipe fails before any loading
+    auto = args.recipe == "auto"
+    recipe = _recipe(args, args.recipe) if args.recipe and not auto else None  # a bad recipe fails before loading
     data = load_data(args.data, img_size=args.img_size or 32, seed=args.seed)
     students = []
     for i, ref in enumerate(args.student):
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(args.seed + i)  # the same initial weights on every run of the same command
             students.append(resolve_student(ref, data.num_classes, storage=args.storage, img_size=args.img_size))
+    teacher = None
+    if args.teacher:
+        teacher = resolve_teacher(args.teacher, data.num_classes, weights=args.teacher_weights, img_size=args.img_size)
+        for note in teacher.notes:
+            logging.getLogger("autokd").info(note)
+    profile = None
+    if teacher is not None and (auto or not args.no_kb):
+        profile = profile_of(teacher, students[0], data, seed=args.seed, device=args.device)
+    if auto:
+        if profile is None:
+            raise AutokdError("--recipe auto recommends a recipe for a teacher-student pair: give --teacher")
+        recipe, note = recipe_auto(args.kb, profile, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+                                   teacher_cache=args.teacher_cache)
+        print(f"autokd: {note}", file=sys.stderr)
     if recipe is None:
         names = {default_recipe(student_space(s)) for s in students}
         if len(names) > 1:
             raise AutokdError(f"the students' default recipes differ ({', '.join(sorted(names))}): students trained "
                               "together share one recipe, so give --recipe")
         recipe = _recipe(args, names.pop())
-    teacher = None
-    if args.teacher:
-        teacher = resolve_teacher(args.teacher, data.num_classes, weights=args.teacher_weights, img_size=args.img_size)
-        for note in teacher.notes:
-            logging.getLogger("autokd").info(note)
-    elif recipe.needs_teacher:
+    if teacher is None and recipe.needs_teacher:
         raise AutokdError(f"recipe {args.recipe or recipe.loss!r} distils from a teacher: give --teacher (or use "
                           "--recipe none)")
     for student in students:
@@ -352,7 +366,20 @@ def cmd_train(args: argparse.Namespace) -> int:
     )
     for result, folder in zip(results, outs):
         _print_result(result, folder)
+    if profile is not None and not args.no_kb:
+        profiles = [profile] if len(students) == 1 else [student_profile(profile, s, teacher.img_size)
+                                                         for s in students]
+        added = add_runs(args.kb, results, profiles, recipe, args.seed)
+        print(f"autokd: added {added} run(s) to the knowledge base {kb_path(args.kb)} (--no-kb to skip)",
+              file=sys.stderr)
     return 0
+
+
+def add_kb_args(p: argparse.ArgumentParser, opt_out: bool = True) -> None:
+    """--kb (and --no-kb): the knowledge base of KD runs that recommendations learn from."""
+    p.add_argument("--kb", help="the knowledge base CSV (default $AUTOKD_KB or ~/.cache/autokd/kb.csv)")
+    if opt_out:
+        p.add_argument("--no-kb", action="store_true", help="do not append this run's results to the knowledge base")
 
 
 def cmd_finetune_teacher(args: argparse.Namespace) -> int:
@@ -399,6 +426,69 @@ def _print_result(result, out: Path) -> None:
     console.print(f"wrote {out}/results.json, {out}/best.pt, {out}/last.pt")
 
 
+def add_recommend_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data", required=True, help="ImageFolder dir, ImageFolder zip, or CIFAR pickle folder")
+    p.add_argument("--teacher", required=True, help="alias, timm name or pkg.module:factory")
+    p.add_argument("--teacher-weights", help="the teacher's weights file (its accuracy is a feature of the task)")
+    p.add_argument("--student", required=True, help="a spec YAML from `autokd search` (OUT/top/1.yaml), "
+                                                    "study:NAME#TRIAL, or a timm name")
+    p.add_argument("--storage", help="the storage of a study:NAME#TRIAL student (default sqlite:///autokd.db)")
+    p.add_argument("--top", type=_int_in(1), default=5, help="recipes to show (default 5)")
+    add_kb_args(p, opt_out=False)
+    p.add_argument("--img-size", type=_int_in(8, 4096), help="input resolution (default: the teacher's)")
+    p.add_argument("--tune", type=_int_in(1), metavar="N",
+                   help="then tune the recipe with N short KD runs (Optuna, warm-started with the top recipes, "
+                        "successive halving; resumable in --out) and add them to the knowledge base")
+    p.add_argument("--tune-epochs", type=_int_in(1), default=3, help="each tuning run's schedule (default 3)")
+    p.add_argument("--tune-eta", type=_int_in(2), default=3, help="keep 1/eta at each rung (default 3)")
+    p.add_argument("--tune-images", type=_int_in(0), default=2000,
+                   help="train images per tuning run, stratified (default 2000; 0 for all)")
+    p.add_argument("--batch-size", type=_int_in(1), help="the tuning runs' batch size (default: the preset's)")
+    p.add_argument("--out", help="folder of the tuning study and runs (needed with --tune; the same one resumes)")
+    p.add_argument("--seed", type=_int_in(0), default=0)
+    p.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:N")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def cmd_recommend(args: argparse.Namespace) -> int:
+    import torch
+    from rich.console import Console
+
+    from autokd.data import load_data
+    from autokd.recipes.advise import nearest_table, profile_of, recommend_table, tune_student
+    from autokd.recipes.kb import kb_path
+    from autokd.recipes.recommend import recommend
+    from autokd.recipes.tune import TuneConfig
+    from autokd.teachers import resolve_teacher
+    from autokd.train import resolve_student
+
+    if args.tune and not args.out:
+        raise AutokdError("--tune keeps its study and runs in a folder: give --out DIR (the same DIR resumes)")
+    data = load_data(args.data, img_size=args.img_size or 32, seed=args.seed)
+    teacher = resolve_teacher(args.teacher, data.num_classes, weights=args.teacher_weights, img_size=args.img_size)
+    if not teacher.pretrained:
+        raise AutokdError("the teacher's accuracy and calibration describe the task: give --teacher-weights")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(args.seed)
+        student = resolve_student(args.student, data.num_classes, storage=args.storage, img_size=args.img_size)
+    profile = profile_of(teacher, student, data, seed=args.seed, device=args.device)
+    rec = recommend(args.kb, profile)
+    console = Console(soft_wrap=True, width=None if sys.stdout.isatty() else 200)
+    console.print(f"{data.describe()}; teacher {teacher.name} held-out acc {profile['teacher_acc']:.3f}, "
+                  f"probe {profile['probe_acc']:.3f}, ECE {profile['teacher_ece']:.3f}; "
+                  f"{profile['pair_kind']} pair, MACs ratio {profile['macs_ratio']:.1f}")
+    console.print(recommend_table(rec, args.top, kb_path(args.kb)))
+    console.print(nearest_table(rec))
+    if args.tune:
+        config = TuneConfig(trials=args.tune, epochs=args.tune_epochs, eta=args.tune_eta,
+                            images=args.tune_images or None, batch_size=args.batch_size, seed=args.seed)
+        frame = tune_student(rec, teacher, student, data, profile, check_writable_dir(args.out), config,
+                             top=args.top, kb=args.kb, device=args.device, progress=not args.quiet)
+        console.print(frame.to_string(index=False, float_format="{:.4g}".format))
+        console.print(f"tuning study in {args.out}/tune.db; complete runs added to {kb_path(args.kb)}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="autokd", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -415,6 +505,10 @@ def build_parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="search, distil the top candidates, rank them by trained accuracy (resumable)")
     add_run_args(run)
     run.set_defaults(func=cmd_run)
+    rec = sub.add_parser("recommend", help="KD recipes for this data and pair, ranked by a meta-model over the "
+                                           "knowledge base of KD runs (--tune N: then tune them with short runs)")
+    add_recommend_args(rec)
+    rec.set_defaults(func=cmd_recommend)
     dash = sub.add_parser("dashboard", help="open a study in optuna-dashboard")
     dash.add_argument("--storage", default="sqlite:///autokd.db", help="the study's storage URL")
     dash.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1: this machine only)")

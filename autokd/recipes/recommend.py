@@ -141,3 +141,33 @@ def auto_recipe(kb: str | None, profile: dict[str, Any]) -> tuple[Recipe, str]:
     top = rec.ranked.iloc[0]
     return rec.recipe(1), (f"--recipe auto: {top['recipe_id']} (predicted gain {top['mean']:+.2f} pt, "
                            f"{top['low']:+.2f} to {top['high']:+.2f}; {len(rec.rows)} KB runs)")
+
+
+_SCHEDULE_KEYS = ("epochs", "warmup_epochs", "batch_size", "teacher_cache")
+
+
+def grid_id(recipe: Recipe, teacher_family: str = "cifar_resnet", student_family: str = "cifar_resnet") -> str:
+    """The recipe_id of the grid recipe that `recipe` is, up to its schedule length and batch size, else
+    'custom'."""
+    def knobs(r: Recipe) -> dict[str, Any]:
+        data = {k: v for k, v in r.to_dict().items() if k not in _SCHEDULE_KEYS}
+        data["loss_params"] = {k: v for k, v in r.loss_params.items() if k != "warmup_epochs"}
+        return data
+
+    want = knobs(recipe)
+    for rid, candidate in candidate_grid(teacher_family, student_family).items():
+        if knobs(candidate) == want:
+            return rid
+    return "custom"
+
+
+def kb_rows_of_results(results: list[Any], profile: dict[str, Any], recipe: Recipe, seed: int) -> list[dict]:
+    """KB rows for finished `TrainResult`s of one recipe on the task and pair of `profile` (the no-KD accuracy is
+    the run's own baseline when it trained one, else unknown)."""
+    from autokd.recipes.kb import PAIR_COLUMNS, make_row
+
+    rid = grid_id(recipe, profile["teacher_family"], profile["student_family"])
+    columns = recipe_columns(recipe, rid, rid.split(":")[0] if rid != "custom" else recipe.loss)
+    pair = {k: profile[k] for k in PAIR_COLUMNS}
+    return [make_row(profile["task"], profile, pair, columns, r.top1, r.baseline_top1, seed)
+            for r in results if r.stopped is None]

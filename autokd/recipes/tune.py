@@ -23,7 +23,7 @@ import torch.nn as nn
 
 from autokd.data import ImageDataset, subset_data
 from autokd.errors import AutokdError
-from autokd.recipes.kb import append_rows, make_row, recipe_columns
+from autokd.recipes.kb import PAIR_COLUMNS, append_rows, make_row, recipe_columns
 from autokd.recipes.recipe import Recipe, default_recipe
 from autokd.recipes.recommend import TEMPERATURES
 from autokd.train import TrainResult, no_kd, train_student
@@ -137,15 +137,11 @@ def _run_trial(study: optuna.Study, trial: optuna.Trial, presets: list[str], mak
     trial.set_user_attr("recipe_json", recipe.to_json())
     trial.set_user_attr("test_top1", result.top1)
     if kb is not None:
-        row = make_row(profile["task"], profile, {k: profile[k] for k in _PAIR_KEYS},
+        row = make_row(profile["task"], profile, {k: profile[k] for k in PAIR_COLUMNS},
                        recipe_columns(recipe, f"tune:{trial.number}", recipe_of(trial.params).loss), result.top1,
                        baseline, config.seed)
         append_rows(kb, [row])
     study.tell(trial, result.history[-1]["heldout_top1"])
-
-
-_PAIR_KEYS = ("teacher_family", "student_family", "pair_kind", "teacher_macs", "student_macs", "teacher_params",
-              "student_params", "macs_ratio", "params_ratio")
 
 
 def _baseline(make_student, teacher: Any, data: ImageDataset, profile: dict[str, Any], folder: Path, config: TuneConfig,

@@ -1,0 +1,84 @@
+import pytest
+import torch
+import yaml
+from test_recommend import kb_rows
+
+from autokd.cli import main
+from autokd.recipes.kb import append_rows, read_kb
+from autokd.spaces import ArchSpec
+
+STUDENT = ArchSpec.make("cifar_resnet", depths=(1, 1, 1), widths=(8, 8, 8), shortcut="A")
+
+
+@pytest.fixture
+def student_yaml(tmp_path):
+    path = tmp_path / "1.yaml"
+    path.write_text(yaml.safe_dump({"spec": STUDENT.as_dict(), "search": {"img_size": 32, "num_classes": 10}}))
+    return path
+
+
+@pytest.fixture
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny models: a second thread only contends
+    yield
+    torch.set_num_threads(threads)
+
+
+def run(capsys, argv):
+    code = main(argv)
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err.strip().splitlines()
+
+
+def test_recommend_ranks_recipes_for_a_tiny_real_task_and_tune_adds_runs(capsys, tmp_path, folder, student_yaml,
+                                                                         weights, one_thread):
+    kb = tmp_path / "kb.csv"
+    append_rows(kb, kb_rows())
+    base = ["recommend", "--data", str(folder), "--teacher", "resnet20_cifar", "--teacher-weights", str(weights),
+            "--student", str(student_yaml), "--kb", str(kb), "--device", "cpu", "--quiet"]
+    code, out, err = run(capsys, [*base, "--top", "4"])
+    assert code == 0, err
+    lines = [line for line in out.splitlines() if line.startswith("│")]
+    ranks = [line.split("│")[1].strip() for line in lines]
+    assert ranks[:4] == ["1", "2", "3", "4"]  # 4 ranked recipes, then the nearest tasks
+    assert "nearest tasks" in out and "t1" in out and "predicted KD gain" in out
+    code, out, err = run(capsys, [*base, "--top", "2", "--tune", "2", "--tune-epochs", "1", "--batch-size", "16",
+                                  "--tune-images", "0", "--out", str(tmp_path / "tune")])
+    assert code == 0, err
+    rows = read_kb(kb)
+    new = rows[rows["task"] == "data"]
+    assert len(rows) == 18 + len(new) and 1 <= len(new) <= 2 and new["recipe_id"].str.startswith("tune:").all()
+    assert new["epochs"].eq(1).all() and new["gain"].notna().all()
+
+
+def test_recommend_with_a_bad_kb_is_one_line_exit_2(capsys, tmp_path, folder, student_yaml, weights, one_thread):
+    kb = tmp_path / "kb.csv"
+    kb.write_text("not,a,kb\n1,2,3\n")
+    code, out, err = run(capsys, ["recommend", "--data", str(folder), "--teacher", "resnet20_cifar",
+                                  "--teacher-weights", str(weights), "--student", str(student_yaml), "--kb", str(kb),
+                                  "--device", "cpu"])
+    assert code == 2 and len(err) == 1 and "lacks column(s)" in err[0] and "default rule (dist" in err[0]
+
+
+def test_train_recipe_auto_uses_the_kb_and_appends_its_run(capsys, tmp_path, folder, student_yaml, weights,
+                                                           one_thread):
+    kb = tmp_path / "kb.csv"
+    append_rows(kb, kb_rows())
+    argv = ["train", "--teacher", "resnet20_cifar", "--teacher-weights", str(weights), "--student", str(student_yaml),
+            "--data", str(folder), "--recipe", "auto", "--epochs", "1", "--batch-size", "16", "--kb", str(kb),
+            "--out", str(tmp_path / "run"), "--quiet", "--workers", "0", "--device", "cpu"]
+    code, out, err = run(capsys, argv)
+    assert code == 0, err
+    assert any(line.startswith("autokd: --recipe auto: ") and "predicted gain" in line for line in err)
+    assert any("added 1 run(s) to the knowledge base" in line for line in err)
+    assert len(read_kb(kb)) == 19
+    # an empty KB for this pair: one line naming the fallback, then the default rule trains
+    empty = tmp_path / "empty.csv"
+    code, out, err = run(capsys, [*argv[:-9], "--epochs", "1", "--batch-size", "16", "--kb", str(empty), "--no-kb",
+                                  "--out", str(tmp_path / "run2"), "--quiet", "--workers", "0", "--device", "cpu"])
+    assert code == 0, err
+    assert [line for line in err if "--recipe auto" in line] == [
+        f"autokd: --recipe auto: no knowledge base at {str(empty)!r}: build one (benchmarks/build_recipe_kb.py) or "
+        "give --kb PATH; falling back to the default rule (dist for a cnn->cnn pair)"]
+    assert not empty.exists()

@@ -69,6 +69,9 @@ def score_subnet(supernet: Supernet, band: BandSpace, spec: ArchSpec, heldout: S
     the budget or outside the band (exact count)."""
     macs = band.refuse_over_budget(supernet.check(spec))
     model = supernet.extract(spec, calibration)
+    if calibration is None and any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules()):
+        raise AutokdError(f"{spec.short()} has BatchNorm, whose statistics must be recalibrated for each subnet: "
+                          "give calibration batches of training images (calibration_batches(loader))")
     correct = seen = 0
     kl = 0.0
     for images, labels, teacher_logits in heldout:

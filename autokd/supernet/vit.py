@@ -54,6 +54,10 @@ class VitSupernet(Supernet):
             self.pos[str(p)] = nn.Parameter(torch.randn(1, tokens, dim) * 0.02)
         self._weights = dict(self.named_parameters())
 
+    def no_weight_decay(self) -> set[str]:
+        """As timm's ViT: no weight decay on the class token and position tables."""
+        return {"cls_token", *(f"pos.{p}" for p in self.pos)}
+
     def contains(self, spec: ArchSpec) -> bool:
         c = self.container
         if spec["head_dim"] != c["head_dim"] or spec["patch_size"] not in c["patches"]:

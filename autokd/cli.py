@@ -187,6 +187,7 @@ def add_run_args(p: argparse.ArgumentParser) -> None:
     add_search_args(p)
     p.add_argument("--train-top", type=int, default=3, help="distil this many distinct top candidates (default 3)")
     add_recipe_args(p)
+    add_kb_args(p)
     p.add_argument("--epochs", type=int, help="override the recipe's epochs (warm-ups scale with it)")
     p.add_argument("--train-batch-size", type=int, help="override the recipe's global batch size")
     p.add_argument("--lr", type=float, help="override the recipe's learning rate")
@@ -208,6 +209,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         _search_config(args), args.out, train_top=args.train_top, recipe=args.recipe, epochs=args.epochs,
         batch_size=args.train_batch_size, lr=args.lr, baseline=args.baseline, teacher_cache=args.teacher_cache,
         num_workers=args.loader_workers, compile=args.compile, top_k=args.top_k, progress=not args.quiet,
+        kb=args.kb, add_to_kb=not args.no_kb,
     )
     console = Console(soft_wrap=True, width=None if sys.stdout.isatty() else 160)
     study = result.search.study
@@ -334,7 +336,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         for note in teacher.notes:
             logging.getLogger("autokd").info(note)
     profile = None
-    if teacher is not None and (auto or not args.no_kb):
+    if teacher is not None and (auto or (not args.no_kb and data.is_real)):
         profile = profile_of(teacher, students[0], data, seed=args.seed, device=args.device)
     if auto:
         if profile is None:
@@ -366,7 +368,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     )
     for result, folder in zip(results, outs):
         _print_result(result, folder)
-    if profile is not None and not args.no_kb:
+    if profile is not None and not args.no_kb and data.is_real:
         profiles = [profile] if len(students) == 1 else [student_profile(profile, s, teacher.img_size)
                                                          for s in students]
         added = add_runs(args.kb, results, profiles, recipe, args.seed)

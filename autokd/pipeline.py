@@ -24,6 +24,9 @@ from autokd.data import load_data
 from autokd.errors import AutokdError
 from autokd.io import write_csv, write_json, write_text
 from autokd.recipes import CNN_SPACES, Recipe, default_recipe, load_recipe
+from autokd.recipes.advise import add_runs, profile_of, recipe_auto, student_profile
+from autokd.recipes.kb import kb_path
+from autokd.recipes.recommend import grid_id
 from autokd.report import leaderboard
 from autokd.search import SearchConfig, SearchContext, SearchResult, run_search
 from autokd.train import TrainResult, student_from_trial, train_students
@@ -71,16 +74,21 @@ def run_pipeline(
     compile: bool = False,
     top_k: int = 10,
     progress: bool = True,
+    kb: str | None = None,
+    add_to_kb: bool = True,
 ) -> RunResult:
     """Search (resumable), distil the `train_top` best distinct candidates into out/train/<rank>/ with `recipe`
-    (default: `default_recipe` of each student's space), write out/trained.csv and a section in report.html."""
+    (default: `default_recipe` of each student's space; "auto": the knowledge base's recommendation for each
+    student, see autokd.recipes.recommend), write out/trained.csv and a section in report.html. Finished
+    trainings are added to the knowledge base `kb` (None: the default one) unless `add_to_kb` is False."""
     start = time.perf_counter()
     out = Path(out)
     if train_top < 1:
         raise AutokdError("--train-top must be at least 1")
     recipes = {}  # checked before the search, so a typo costs nothing
-    for name in {recipe} if recipe else {default_recipe(s) for s in (*CNN_SPACES, "vit")}:
-        recipes[name] = load_recipe(name, epochs=epochs, batch_size=batch_size, lr=lr, teacher_cache=teacher_cache)
+    overrides = dict(epochs=epochs, batch_size=batch_size, lr=lr, teacher_cache=teacher_cache)
+    for name in {recipe} if recipe and recipe != "auto" else {default_recipe(s) for s in (*CNN_SPACES, "vit")}:
+        recipes[name] = load_recipe(name, **overrides)
 
     search = run_search(config, out=out, top_k=top_k, progress=progress, check=_trained_teacher)
     study, ctx = search.study, search.context
@@ -96,9 +104,17 @@ def run_pipeline(
     results: dict[int, TrainResult] = {}
     skipped: list[int] = []
     pending: dict[str, list[dict]] = {}  # recipe -> candidates still to train
+    profiles: dict[int, dict] = {}  # rank -> the KB's task and pair features
+    add_to_kb = add_to_kb and data.is_real  # the synthetic demo set is no task to learn recipes from
     for row in chosen.to_dict("records"):
         rank, trial = int(row["rank"]), int(row["trial"])
-        name = recipe or default_recipe(row["space"])
+        if recipe == "auto" or add_to_kb:
+            profiles[rank] = _profile(profiles, search, data, trial, config)
+        if recipe == "auto":
+            name, chosen_recipe = _auto_recipe(out / "train" / str(rank), kb, profiles[rank], overrides)
+            recipes[name] = chosen_recipe
+        else:
+            name = recipe or default_recipe(row["space"])
         finished = _check_folder(out / "train" / str(rank), trial, row["spec_json"], recipes[name])
         if finished is not None:
             results[rank] = finished
@@ -123,6 +139,9 @@ def run_pipeline(
         trained = train_students(students, teacher, data, recipes[name], folders, device=config.device,
                                  resume=resume, seed=config.seed, baseline=baseline, num_workers=num_workers,
                                  compile_teacher=compile, compile_student=compile, progress=progress)
+        if add_to_kb:
+            added = add_runs(kb, trained, [profiles[int(r["rank"])] for r in group], recipes[name], config.seed)
+            log.info("added %d run(s) to the knowledge base %s", added, kb_path(kb))
         for row, folder, result in zip(group, folders, trained):
             rank = int(row["rank"])
             results[rank] = result
@@ -144,6 +163,28 @@ def run_pipeline(
         study.set_user_attr("artifacts/report", {"trained": str(out / "trained.csv"),
                                                  "report": str(out / "report.html")})
     return RunResult(search, trained, results, out, time.perf_counter() - start, complete, skipped)
+
+
+def _auto_recipe(folder: Path, kb: str | None, profile: dict, overrides: dict) -> tuple[str, Recipe]:
+    """`recipe="auto"` for one candidate: the recommendation, or the recipe its resumed training started with."""
+    marker = folder / "candidate.json"
+    if marker.is_file():
+        chosen = Recipe.from_dict(json.loads(marker.read_text())["recipe"])
+    else:
+        chosen, note = recipe_auto(kb, profile, **overrides)
+        log.info("student %s: %s", folder.name, note)
+    return f"auto:{grid_id(chosen, profile['teacher_family'], profile['student_family'])}", chosen
+
+
+def _profile(profiles: dict[int, dict], search: SearchResult, data, trial: int, config: SearchConfig) -> dict:
+    """The KB features of a candidate: the task's are measured once (the first candidate), the pair's each time."""
+    with torch.random.fork_rng(devices=[]):
+        student = student_from_trial(search.storage_url, search.study.study_name, trial,
+                                     search.context.evaluator.num_classes)
+    teacher = search.context.teacher
+    if profiles:
+        return student_profile(next(iter(profiles.values())), student, teacher.img_size)
+    return profile_of(teacher, student, data, seed=config.seed, device=config.device)
 
 
 def _resume_groups(rows: list[dict], out: Path) -> list[tuple[list[dict], bool]]:

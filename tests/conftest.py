@@ -68,3 +68,10 @@ def postgres_url() -> str:
     except AutokdError as err:
         pytest.fail(f"AUTOKD_TEST_POSTGRES_URL is set but the server cannot be used: {err}")
     return url
+
+
+@pytest.fixture(autouse=True)
+def private_kb(tmp_path, monkeypatch):
+    """The knowledge base that `autokd train` and `run` append to is the test's own, never the user's."""
+    monkeypatch.setenv("AUTOKD_KB", str(tmp_path / "kb.csv"))
+    return tmp_path / "kb.csv"

@@ -5,6 +5,7 @@ from test_recommend import kb_rows
 
 from autokd.cli import main
 from autokd.recipes.kb import append_rows, read_kb
+from autokd.recipes.recommend import candidate_grid
 from autokd.spaces import ArchSpec
 
 STUDENT = ArchSpec.make("cifar_resnet", depths=(1, 1, 1), widths=(8, 8, 8), shortcut="A")
@@ -82,3 +83,23 @@ def test_train_recipe_auto_uses_the_kb_and_appends_its_run(capsys, tmp_path, fol
         f"autokd: --recipe auto: no knowledge base at {str(empty)!r}: build one (benchmarks/build_recipe_kb.py) or "
         "give --kb PATH; falling back to the default rule (dist for a cnn->cnn pair)"]
     assert not empty.exists()
+
+
+def test_run_recipe_auto_trains_the_recommendation_and_appends_it(capsys, tmp_path, folder, weights, one_thread,
+                                                                  private_kb):
+    append_rows(private_kb, kb_rows())
+    out = tmp_path / "run"
+    argv = ["run", "--teacher", "resnet20_cifar", "--teacher-weights", str(weights), "--data", str(folder),
+            "--budget", "20M", "--space", "cifar_resnet", "--trials", "2", "--population", "2", "--tournament", "2",
+            "--objective", "diswot",
+            "--batch-size", "10", "--train-top", "1", "--epochs", "1", "--train-batch-size", "16", "--recipe", "auto",
+            "--loader-workers", "0", "--out", str(out), "--quiet", "--device", "cpu"]
+    assert main(argv) == 0, capsys.readouterr().err
+    rows = read_kb(private_kb)
+    new = rows[rows["task"] == "data"]
+    assert len(new) == 1 and new["recipe_id"].iloc[0] in candidate_grid()
+    marker = yaml.safe_load((out / "train" / "1" / "candidate.json").read_text())
+    assert marker["recipe"] == candidate_grid()[new["recipe_id"].iloc[0]].with_epochs(1).replace(
+        batch_size=16).to_dict()
+    assert main(argv) == 0  # resumed: the same recipe, nothing added twice
+    assert len(read_kb(private_kb)) == len(rows)

@@ -137,7 +137,9 @@ def main(argv: list[str] | None = None) -> Path:
             members = [s for s in specs if band.fits(s)]
             net, largest, smallest = band_supernet(band, include=members, pool=args.pool)
             run = SupernetRun(band, largest, smallest, recipe)
-            history = train_supernet(net, teacher.model, train_loader, run, runs / f"k{k}" / f"band{band.band.index}")
+            # a fresh run each time, so the CPU-minutes are the whole training's
+            history = train_supernet(net, teacher.model, train_loader, run,
+                                     runs / args.space / f"k{k}" / f"band{band.band.index}", resume=False)
             for spec in members:
                 scores[spec] = score_subnet(net, band, spec, heldout, calibration)
             print(f"K={k} {band.band}: {len(members)} GT students, last loss {history[-1]['loss_random']:.3f}",
@@ -165,8 +167,8 @@ def main(argv: list[str] | None = None) -> Path:
         if start == "inherited":
             model.load_state_dict(net.inherit(pick, calibration))
         cpu0 = time.process_time()
-        r = train_student(Student(model, start, pick), teacher, data, ft, runs / f"finetune_{start}", device="cpu",
-                          seed=0, num_workers=0, progress=False, heldout=0, evaluate_teacher=False)
+        r = train_student(Student(model, start, pick), teacher, data, ft, runs / args.space / f"finetune_{start}",
+                          device="cpu", seed=0, num_workers=0, progress=False, heldout=0, evaluate_teacher=False)
         compare[start] = {"test_top1": r.top1, "cpu_minutes": (time.process_time() - cpu0) / 60}
     result["finetune"] = compare
     print(f"fine-tune {pick.short()}: inherited {compare['inherited']['test_top1']:.2f}% vs scratch "

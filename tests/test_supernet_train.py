@@ -6,6 +6,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
+from autokd.errors import AutokdError
 from autokd.recipes import KDLoss, Recipe
 from autokd.spaces import ArchSpec, load_space
 from autokd.spaces.cifar_resnet import CifarResNet
@@ -123,6 +124,17 @@ def test_resume_equals_an_uninterrupted_run(space, band, teacher, tmp_path):
     assert [h["epoch"] for h in history] == [1, 2]
     for key, value in whole.state_dict().items():
         assert torch.equal(value, resumed.state_dict()[key]), key
+
+
+def test_resume_with_other_settings_is_refused(space, band, teacher, tmp_path):
+    short = SupernetRun(band, LARGEST, SMALLEST, RECIPE.replace(epochs=1))
+    train_supernet(fresh(space), teacher, loader(), short, tmp_path)
+    other = SupernetRun(band, LARGEST, SMALLEST, RECIPE.replace(epochs=1), seed=5)
+    with pytest.raises(AutokdError, match="another supernet or other settings"):
+        train_supernet(fresh(space), teacher, loader(), other, tmp_path)
+    with pytest.raises(AutokdError, match="another supernet or other settings"):
+        train_supernet(supernet_for(space, [LARGEST, cnn((3, 3, 4), (16, 24, 32))], 10), teacher, loader(), short,
+                       tmp_path)
 
 
 def test_search_and_inherit_from_a_trained_supernet(space, band, teacher, tmp_path):

@@ -173,6 +173,9 @@ def train_supernet(supernet: Supernet, teacher: nn.Module, loader, run: Supernet
     path = out / CHECKPOINT
     if resume and path.is_file():
         state = load_supernet_state(path)
+        if state["config"] != json.dumps(supernet.config()) or state["settings"] != _settings(run):
+            raise AutokdError(f"{str(path)!r} is the checkpoint of another supernet or other settings: resume "
+                              "with the original ones, or give another output folder to start afresh")
         supernet.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
@@ -216,13 +219,22 @@ def save_supernet(path: Path, supernet: Supernet, run: SupernetRun, optimizer, s
                   epoch: int, history: list[dict[str, Any]]) -> None:
     """The whole training state, atomically: a reader sees the previous epoch's file or this one."""
     version, internal, gauss = rng.getstate()
-    atomic_save({"format": FORMAT, "config": json.dumps(supernet.config()), "band": run.band.describe(),
+    atomic_save({"format": FORMAT, "config": json.dumps(supernet.config()), "settings": _settings(run),
+                 "band": run.band.describe(),
                  "largest": run.largest.to_json(), "smallest": run.smallest.to_json(),
                  "model": {k: v.detach().cpu() for k, v in supernet.state_dict().items()},
                  "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": rng_state(),
                  "sampler": {"version": version, "internal": torch.tensor(internal, dtype=torch.int64),
                              "gauss": gauss},
                  "epoch": epoch, "history": history}, path)
+
+
+def _settings(run: SupernetRun) -> str:
+    """What a resumed run must share with the run that wrote the checkpoint, as JSON."""
+    return json.dumps({"band": run.band.describe(), "largest": run.largest.to_json(),
+                       "smallest": run.smallest.to_json(), "recipe": run.recipe.to_dict(),
+                       "relation_weight": run.relation_weight, "random_subnets": run.random_subnets,
+                       "seed": run.seed}, sort_keys=True, default=str)
 
 
 def _rng_from(state: dict[str, Any]) -> tuple:

@@ -28,7 +28,7 @@ import pandas as pd
 
 from autokd.errors import AutokdError
 from autokd.io import write_csv
-from autokd.recipes.recipe import CNN_SPACES, Recipe
+from autokd.recipes.recipe import Recipe
 
 TASK_COLUMNS = ("num_classes", "train_size", "resolution", "class_balance", "teacher_acc", "teacher_entropy",
                 "teacher_ece", "probe_acc")
@@ -95,14 +95,19 @@ def make_row(task: str, task_features: dict[str, Any], pair: dict[str, Any], rec
     if source not in SOURCES:
         raise AutokdError(f"unknown KB source {source!r}: use {' or '.join(SOURCES)}")
     no_kd = float("nan") if no_kd_acc is None else float(no_kd_acc)
-    key = "|".join(str(v) for v in (task, pair["teacher_family"], pair["student_family"], pair["student_macs"],
-                                     recipe["recipe_json"], seed, source))
+    key = row_key(task, pair, recipe["recipe_json"], seed, source)
     row = {**{c: task_features.get(c, float("nan")) for c in TASK_COLUMNS}, **pair, **recipe,
            "student_acc": float(student_acc), "no_kd_acc": no_kd, "gain": float(student_acc) - no_kd,
            "task": task, "seed": seed, "source": source, "autokd_version": autokd.__version__,
            "torch_version": torch.__version__, "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
            "key": key}
     return {c: row[c] for c in COLUMNS}
+
+
+def row_key(task: str, pair: dict[str, Any], recipe_json: str, seed: int, source: str = "run") -> str:
+    """The key of a KB row: one run of a recipe (as JSON) on a task and pair with a seed."""
+    return "|".join(str(v) for v in (task, pair["teacher_family"], pair["student_family"], pair["student_macs"],
+                                     recipe_json, seed, source))
 
 
 @contextmanager
@@ -153,8 +158,3 @@ def read_kb(path: str | Path, *, missing_ok: bool = False) -> pd.DataFrame:
 def rows_for_pair(frame: pd.DataFrame, kind: str) -> pd.DataFrame:
     """The rows of pair kind `kind` whose gain is known (the meta-model's training rows)."""
     return frame[(frame["pair_kind"] == kind) & frame["gain"].notna()].reset_index(drop=True)
-
-
-def student_family(space: str) -> str:
-    """The family of a student of search space `space` (a CNN space keeps its name)."""
-    return space if space in CNN_SPACES else "vit"

@@ -79,6 +79,7 @@ def task_profile(teacher: Any, student: nn.Module, student_family: str, data: An
     from autokd.data.meta import meta_features, teacher_meta_features
 
     features = meta_features(data, seed=seed)
+    features["resolution"] = min(features["resolution"], img_size)  # what the models see
     features.update(teacher_meta_features(teacher.model, teacher.transform(), data, sample=sample, seed=seed,
                                           device=device))
     pair = pair_columns(teacher.family, student_family, count_macs(teacher.model, img_size),

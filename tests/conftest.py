@@ -10,6 +10,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 torch.set_num_threads(min(2, torch.get_num_threads()))
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
+STUDENT = {"space": "cifar_resnet", "depths": (1, 1, 1), "widths": (8, 16, 16), "shortcut": "A"}
 
 
 @pytest.fixture
@@ -75,3 +76,37 @@ def private_kb(tmp_path, monkeypatch):
     """The knowledge base that `autokd train` and `run` append to is the test's own, never the user's."""
     monkeypatch.setenv("AUTOKD_KB", str(tmp_path / "kb.csv"))
     return tmp_path / "kb.csv"
+
+
+@pytest.fixture(scope="session")
+def tiny_teacher():
+    """A function: a small CIFAR ResNet trained briefly on `data` (without KD), as a trained teacher."""
+    from autokd.data import IMAGENET_MEAN, IMAGENET_STD
+    from autokd.recipes import Recipe
+    from autokd.spaces.cifar_resnet import CifarResNet
+    from autokd.teachers import Teacher
+    from autokd.train import train_student
+
+    def make(data, folder: Path) -> Teacher:
+        torch.manual_seed(1)
+        model = CifarResNet(depths=(1, 1, 1), widths=(8, 16, 32), num_classes=data.num_classes)
+        recipe = Recipe.load("none").replace(epochs=3, batch_size=16, lr=0.1, augmentation="none")
+        train_student(model, None, data, recipe, folder, progress=False)
+        return Teacher(model=model.eval(), name="tiny", pretrained=True, img_size=32, mean=IMAGENET_MEAN,
+                       std=IMAGENET_STD, crop_pct=1.0, interpolation="bilinear", family="cifar_resnet",
+                       num_classes=data.num_classes)
+
+    return make
+
+
+@pytest.fixture
+def student_yaml(tmp_path):
+    """A student spec file as `autokd search` writes it (OUT/top/1.yaml): the `STUDENT` spec at 32 px."""
+    import yaml
+
+    from autokd.spaces import ArchSpec
+
+    path = tmp_path / "1.yaml"
+    spec = ArchSpec.make(**STUDENT)
+    path.write_text(yaml.safe_dump({"spec": spec.as_dict(), "search": {"img_size": 32, "num_classes": 10}}))
+    return path

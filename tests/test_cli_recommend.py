@@ -1,21 +1,12 @@
 import pytest
 import torch
 import yaml
+from test_cli_train import run
 from test_recommend import kb_rows
 
 from autokd.cli import main
 from autokd.recipes.kb import append_rows, read_kb
 from autokd.recipes.recommend import candidate_grid
-from autokd.spaces import ArchSpec
-
-STUDENT = ArchSpec.make("cifar_resnet", depths=(1, 1, 1), widths=(8, 8, 8), shortcut="A")
-
-
-@pytest.fixture
-def student_yaml(tmp_path):
-    path = tmp_path / "1.yaml"
-    path.write_text(yaml.safe_dump({"spec": STUDENT.as_dict(), "search": {"img_size": 32, "num_classes": 10}}))
-    return path
 
 
 @pytest.fixture
@@ -24,12 +15,6 @@ def one_thread():
     torch.set_num_threads(1)  # tiny models: a second thread only contends
     yield
     torch.set_num_threads(threads)
-
-
-def run(capsys, argv):
-    code = main(argv)
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err.strip().splitlines()
 
 
 def test_recommend_ranks_recipes_for_a_tiny_real_task_and_tune_adds_runs(capsys, tmp_path, folder, student_yaml,

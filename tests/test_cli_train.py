@@ -3,20 +3,12 @@ import json
 import pytest
 import torch
 import yaml
+from conftest import STUDENT as STUDENT_GENES
 
 from autokd.cli import main
 from autokd.spaces import ArchSpec
 
-STUDENT = ArchSpec.make("cifar_resnet", depths=(1, 1, 1), widths=(8, 16, 16), shortcut="A")
-
-
-
-@pytest.fixture
-def student_yaml(tmp_path):
-    path = tmp_path / "1.yaml"
-    path.write_text(yaml.safe_dump({"spec": STUDENT.as_dict(), "search": {"img_size": 32, "num_classes": 10}}))
-    return path
-
+STUDENT = ArchSpec.make(**STUDENT_GENES)
 
 
 def run(capsys, argv):

@@ -2,30 +2,20 @@ import optuna
 import pytest
 import torch
 
-from autokd.data import IMAGENET_MEAN, IMAGENET_STD, synthetic_dataset
-from autokd.recipes import Recipe
+from autokd.data import synthetic_dataset
 from autokd.recipes import tune as tune_module
 from autokd.recipes.kb import read_kb
 from autokd.recipes.recommend import candidate_grid, task_profile
 from autokd.recipes.tune import TuneConfig, recipe_of, space_params, tune_recipes
 from autokd.spaces.cifar_resnet import CifarResNet
-from autokd.teachers import Teacher
-from autokd.train import train_student
 
 
 @pytest.fixture(scope="module")
-def setting(tmp_path_factory):
+def setting(tmp_path_factory, tiny_teacher):
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # tiny models: a second thread only contends
     data = synthetic_dataset(num_classes=4, train_size=96, test_size=16, img_size=32)
-    torch.manual_seed(1)
-    model = CifarResNet(depths=(1, 1, 1), widths=(8, 16, 32), num_classes=4)
-    train_student(model, None, data, Recipe.load("none").replace(epochs=3, batch_size=16, lr=0.1,
-                                                                 augmentation="none"),
-                  tmp_path_factory.mktemp("teacher"), progress=False)
-    teacher = Teacher(model=model.eval(), name="tiny", pretrained=True, img_size=32, mean=IMAGENET_MEAN,
-                      std=IMAGENET_STD, crop_pct=1.0, interpolation="bilinear", family="cifar_resnet",
-                      num_classes=4)
+    teacher = tiny_teacher(data, tmp_path_factory.mktemp("teacher"))
 
     def make_student():
         torch.manual_seed(0)

@@ -1,16 +1,12 @@
 import optuna
 import pandas as pd
 import pytest
-import torch
 
-from autokd.data import IMAGENET_MEAN, IMAGENET_STD, synthetic_dataset
+from autokd.data import synthetic_dataset
 from autokd.errors import AutokdError
 from autokd.recipes import Recipe
 from autokd.search.refine import RefineConfig, refine
 from autokd.spaces import ArchSpec
-from autokd.spaces.cifar_resnet import CifarResNet
-from autokd.teachers import Teacher
-from autokd.train import train_student
 
 SPECS = [ArchSpec.make("cifar_resnet", depths=[d, 1, 1], widths=[8, 8, w], shortcut="A")
          for d, w in ((1, 8), (2, 16), (1, 16), (2, 8))]
@@ -32,16 +28,9 @@ class NeverRead:
 
 
 @pytest.fixture(scope="module")
-def setting(tmp_path_factory):
+def setting(tmp_path_factory, tiny_teacher):
     data = synthetic_dataset(num_classes=4, train_size=160, test_size=16, img_size=32)
-    torch.manual_seed(1)
-    model = CifarResNet(depths=(1, 1, 1), widths=(8, 16, 32), num_classes=4)
-    train_student(model, None, data, Recipe.load("none").replace(epochs=3, batch_size=16, lr=0.1,
-                                                                 augmentation="none"),
-                  tmp_path_factory.mktemp("teacher"), progress=False)
-    teacher = Teacher(model=model.eval(), name="tiny", pretrained=True, img_size=32, mean=IMAGENET_MEAN,
-                      std=IMAGENET_STD, crop_pct=1.0, interpolation="bilinear", family="cifar_resnet",
-                      num_classes=4)
+    teacher = tiny_teacher(data, tmp_path_factory.mktemp("teacher"))
     data.test = NeverRead(data.test)
     board = pd.DataFrame([{"rank": i + 1, "trial": 10 + i, "arch": str(s), "macs": 1000 * (i + 1), "params": 10,
                            "spec_json": s.to_json()} for i, s in enumerate(SPECS)])

@@ -314,9 +314,9 @@ def _recipe(args: argparse.Namespace, name: str):
 def cmd_train(args: argparse.Namespace) -> int:
     import torch
 
+    from autokd.advise import add_runs, profile_of, recipe_auto, student_profile
     from autokd.data import load_data
     from autokd.recipes import default_recipe
-    from autokd.recipes.advise import add_runs, profile_of, recipe_auto, student_profile
     from autokd.recipes.kb import kb_path
     from autokd.teachers import resolve_teacher
     from autokd.train import resolve_student, student_space, train_students
@@ -456,11 +456,11 @@ def cmd_recommend(args: argparse.Namespace) -> int:
     import torch
     from rich.console import Console
 
+    from autokd.advise import nearest_table, profile_of, recommend_table, tune_student
     from autokd.data import load_data
-    from autokd.recipes.advise import nearest_table, profile_of, recommend_table, tune_student
     from autokd.recipes.kb import kb_path
     from autokd.recipes.recommend import recommend
-    from autokd.recipes.tune import TuneConfig
+    from autokd.search.recipe_tune import TuneConfig
     from autokd.teachers import resolve_teacher
     from autokd.train import resolve_student
 

@@ -20,11 +20,11 @@ import optuna
 import pandas as pd
 import torch
 
+from autokd.advise import add_runs, profile_of, recipe_auto, student_profile
 from autokd.data import load_data
 from autokd.errors import AutokdError
 from autokd.io import write_csv, write_json, write_text
 from autokd.recipes import CNN_SPACES, Recipe, default_recipe, load_recipe
-from autokd.recipes.advise import add_runs, profile_of, recipe_auto, student_profile
 from autokd.recipes.kb import kb_path
 from autokd.recipes.recommend import grid_id
 from autokd.report import leaderboard

@@ -3,10 +3,10 @@ import pytest
 import torch
 
 from autokd.data import synthetic_dataset
-from autokd.recipes import tune as tune_module
 from autokd.recipes.kb import read_kb
 from autokd.recipes.recommend import candidate_grid, task_profile
-from autokd.recipes.tune import TuneConfig, recipe_of, space_params, tune_recipes
+from autokd.search import recipe_tune as tune_module
+from autokd.search.recipe_tune import TuneConfig, recipe_of, space_params, tune_recipes
 from autokd.spaces.cifar_resnet import CifarResNet
 
 

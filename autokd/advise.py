@@ -56,7 +56,7 @@ def tune_student(rec: Recommendation, teacher: Any, student: Any, data: Any, pro
                  config: Any, *, top: int, kb: str | None, device: str, progress: bool) -> pd.DataFrame:
     """`--tune`: the recipe study for `student` (every trial starts from its current weights), warm-started with
     the `top` recommendations of `rec`."""
-    from autokd.recipes.tune import tune_recipes
+    from autokd.search.recipe_tune import tune_recipes
 
     initial = copy.deepcopy(student.model.state_dict())
 

@@ -243,10 +243,14 @@ def main() -> None:
     p.add_argument("--seeds", type=int, default=1)
     p.add_argument("--published", action="store_true", help="add the published CIFAR-100 rows (source=published)")
     p.add_argument("--device", default="auto")
+    p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's; --small: 1)")
     args = p.parse_args()
     if args.small:
         args.pairs, args.recipes = ["r56-r8"], args.recipes or ["dist", "kd:T=2"]
         args.epochs, args.finetune_epochs, args.seeds, args.batch_size = 1, 1, 1, 32
+        args.threads = args.threads or 1
+    if args.threads:
+        torch.set_num_threads(args.threads)
     logging.basicConfig(level=logging.WARNING)
     build(args)
 

@@ -7,7 +7,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 import build_recipe_kb as build  # noqa: E402
 
-from autokd.recipes.kb import COLUMNS  # noqa: E402
+from autokd.recipes.kb import COLUMNS, read_kb  # noqa: E402
 
 
 def test_tasks_change_the_real_images_as_named(shared_data):
@@ -34,3 +34,21 @@ def test_published_rows_are_marked_and_give_the_tables_gains():
     assert {r["source"] for r in rows} == {"published"}
     dkd = next(r for r in rows if r["task"] == "c100-pub:resnet32x4-resnet8x4" and r["recipe_id"] == "dkd")
     assert dkd["gain"] == pytest.approx(76.32 - 72.50) and dkd["teacher_acc"] == pytest.approx(0.7942)
+
+
+@pytest.mark.slow
+def test_small_build_writes_keyed_rows_and_a_rerun_trains_nothing(shared_data, tmp_path):
+    import subprocess
+
+    out, runs = tmp_path / "kb.csv", tmp_path / "runs"
+    argv = [sys.executable, str(Path(build.__file__)), "--small", "--out", str(out), "--runs", str(runs),
+            "--device", "cpu"]
+    first = subprocess.run(argv, capture_output=True, text=True, timeout=300)
+    assert first.returncode == 0, first.stderr[-2000:]
+    rows = read_kb(out)
+    assert sorted(rows["recipe_id"]) == ["dist", "kd:T=2"]
+    assert (rows["task"] == "c10-small").all() and rows["epochs"].eq(1).all() and rows["gain"].notna().all()
+    assert rows["teacher_acc"].between(0, 1).all() and (rows["train_size"] == 200).all()
+    again = subprocess.run(argv, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0 and "c10-small" not in again.stdout  # every row is there: nothing trained
+    assert len(read_kb(out)) == 2

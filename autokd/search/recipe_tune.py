@@ -73,7 +73,9 @@ def tune_recipes(make_student: Callable[[], nn.Module], teacher: Any, data: Imag
     out = Path(out)
     storage_url = storage_url or f"sqlite:///{out / 'tune.db'}"
     out.mkdir(parents=True, exist_ok=True)
-    data = subset_data(replace(data), config.images, None, config.seed) if config.images else data
+    if config.images and config.images < len(data.train):  # the KB rows describe the subset the runs saw
+        data = subset_data(replace(data), config.images, None, config.seed)
+        profile = {**profile, "train_size": len(data.train), "task": f"{profile['task']}-{len(data.train)}img"}
     presets = sorted({space_params(rid, r)["preset"] for rid, r in start} | {"kd", "dkd", "dist", "nkd"})
     study = optuna.create_study(
         study_name=study_name, storage=storage_url, direction="maximize", load_if_exists=True,
@@ -115,10 +117,13 @@ def _run_trial(study: optuna.Study, trial: optuna.Trial, presets: list[str], mak
     recipe = _recipe(trial, presets, config)
     folder = out / "trials" / str(trial.number)
     steps = train_steps_per_epoch(data, recipe)
-    done = dict(study._storage.get_trial(trial._trial_id).intermediate_values)
+    done = next(t for t in study.get_trials(deepcopy=False) if t.number == trial.number).intermediate_values
     result = None
     for epoch in range(1, config.epochs + 1):
-        if epoch in done:
+        if epoch in done:  # reported before a kill; the pruner decides again from the same values
+            if epoch < config.epochs and trial.should_prune():
+                study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+                return
             continue
         resume = (folder / "last.pt").is_file()
         result = train_student(make_student(), teacher, data, recipe, folder, device=device, resume=resume,

@@ -124,3 +124,42 @@ def test_grid_has_every_kd_preset_with_its_knobs():
     assert grid["dkd:beta=2"].loss_params["beta"] == 2.0 and grid["dkd:beta=2"].loss_params["alpha"] == 1.0
     assert grid["kd:lr=0.1"].lr == pytest.approx(0.1)
     assert len(grid) == 7 * 5 and grid_frame(grid)["recipe_id"].is_unique
+
+
+def test_teacher_meta_features_match_a_hand_computation():
+    import math
+
+    import torch
+    from torch import nn
+
+    from autokd.data import synthetic_dataset
+    from autokd.data.meta import teacher_meta_features
+
+    class Fixed(nn.Module):
+        """Pooled features = the image's mean colour; a classifier that always says class 0 with logit 10."""
+
+        def __init__(self):
+            super().__init__()
+            self.head = nn.Linear(3, 4)
+            nn.init.zeros_(self.head.weight)
+            self.head.bias.data = torch.tensor([10.0, 0.0, 0.0, 0.0])
+
+        def forward_features(self, x):
+            return x
+
+        def forward_head(self, x, pre_logits=False):
+            x = x.mean((2, 3))
+            return x if pre_logits else self.head(x)
+
+        def get_classifier(self):
+            return self.head
+
+    data = synthetic_dataset(num_classes=4, train_size=400, test_size=8, img_size=16)
+    to_tensor = lambda image: torch.from_numpy(np.asarray(image, dtype=np.float32) / 255).permute(2, 0, 1)  # noqa: E731
+    features = teacher_meta_features(Fixed(), to_tensor, data, sample=40)
+    p0 = math.exp(10) / (math.exp(10) + 3)
+    assert features["teacher_acc"] == pytest.approx(0.25)  # a stratified sample: a quarter is class 0
+    assert features["teacher_ece"] == pytest.approx(p0 - 0.25, abs=1e-5)  # one bin: confidence p0, accuracy 1/4
+    assert features["teacher_entropy"] == pytest.approx(-p0 * math.log(p0) - 3 * (1 - p0) / 3 * math.log((1 - p0) / 3),
+                                                         rel=1e-4)
+    assert 0.0 <= features["probe_acc"] <= 1.0

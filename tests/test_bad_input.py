@@ -210,7 +210,10 @@ CASES = [
     ("dashboard-not-url", lambda f, o: ["dashboard", "--storage", "studies"], "is not a URL"),
     ("dashboard-port", lambda f, o: ["dashboard", "--port", "70000"], "70000 is out of range: give 1 to 65535"),
     ("dashboard-refused", lambda f, o: ["dashboard", "--storage", PG_DOWN], "postgresql://autokd:***@"),
-    ("unknown-command", lambda f, o: ["recommend"], "invalid choice: 'recommend'"),
+    ("unknown-command", lambda f, o: ["distil"], "invalid choice: 'distil'"),
+    ("recommend-needs-data", lambda f, o: ["recommend"], "the following arguments are required: --data"),
+    ("recommend-tune-needs-out", lambda f, o: ["recommend", "--data", str(f), "--teacher", "resnet20_cifar",
+                                               "--student", "s.yaml", "--tune", "2"], "--tune keeps its study"),
 ]
 
 

@@ -52,6 +52,22 @@ def add_refine_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--refine-recipe", help="the refine's recipe (default: the top candidate's default)")
 
 
+def add_supernet_args(p: argparse.ArgumentParser) -> None:
+    """--evaluator and the supernet's settings (`autokd search`)."""
+    p.add_argument("--evaluator", default="proxy", choices=("proxy", "supernet"),
+                   help="what ranks the students: proxy (training-free, default) or supernet (AutoDistil: one "
+                        "weight-sharing supernet per MAC band distilled from the teacher, subnets ranked by "
+                        "held-out top-1 with inherited weights; OUT/supernet.csv, top/*.yaml; needs --data and "
+                        "the teacher's trained weights)")
+    p.add_argument("--bands", type=_int_in(1), default=3, help="supernet: MAC bands, one supernet each (default 3)")
+    p.add_argument("--supernet-epochs", type=_int_in(1), default=10, help="supernet: training epochs (default 10)")
+    p.add_argument("--supernet-trials", type=_int_in(1), default=32,
+                   help="supernet: subnets scored per band by aging evolution (default 32)")
+    p.add_argument("--supernet-batch-size", type=_int_in(2), default=64, help="supernet: batch (default 64)")
+    p.add_argument("--supernet-pool", type=_int_in(2), default=200,
+                   help="supernet: random in-band students whose largest genes size each supernet (default 200)")
+
+
 def add_search_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--teacher", default="vit_b", help="alias (vit_b, resnet50, ...), timm name, or pkg.module:factory")
     p.add_argument("--teacher-weights", help="a local weights file for the teacher (nothing is downloaded)")
@@ -135,6 +151,8 @@ def cmd_search(args: argparse.Namespace) -> int:
         console.print(f"wrote {result.out}/leaderboard.csv, {result.out}/top/*.yaml, {result.out}/report.html")
     if args.refine:
         _refine(args, result, console)
+    if args.evaluator == "supernet":
+        _supernet(args, result, console)
     console.print(f"dashboard: autokd dashboard --storage {masked_url(result.storage_url)}")
     return 0
 
@@ -163,6 +181,44 @@ def _refine(args: argparse.Namespace, result, console) -> None:
     console.print(frame[cols].to_string(index=False))
     console.print(f"wrote {result.out}/refine.csv (recipe {name}; held-out top-1 of {settings.images or 'all'} "
                   f"train images; study {result.study.study_name}-refine)")
+
+
+def _supernet(args: argparse.Namespace, result, console) -> None:
+    """`--evaluator supernet`: K band supernets per space, trained and searched; OUT/supernet.csv, top/*.yaml."""
+    import time
+
+    import pandas as pd
+
+    from autokd.cost import format_macs
+    from autokd.io import write_csv
+    from autokd.recipes import default_recipe
+    from autokd.spaces import ArchSpec
+    from autokd.supernet.evaluate import SupernetConfig, evaluate_bands, write_supernet_top
+
+    ctx = result.context
+    if result.out is None or ctx.data is None:
+        raise AutokdError("--evaluator supernet trains supernets on your images under the search folder: give "
+                          "--data and --out")
+    config = SupernetConfig(bands=args.bands, epochs=args.supernet_epochs, trials=args.supernet_trials,
+                            batch_size=args.supernet_batch_size, pool=args.supernet_pool, seed=args.seed or 0)
+    start, frames = time.perf_counter(), []
+    for name, space in ctx.spaces.items():
+        recipe = _recipe(argparse.Namespace(epochs=None, batch_size=None, lr=None), default_recipe(name))
+        frame = evaluate_bands(space, ctx.budget.macs, ctx.teacher, ctx.data, recipe,
+                               result.out / "supernet" / name, config)
+        frames.append(frame.assign(space=name))
+    frame = pd.concat(frames, ignore_index=True)
+    frame.insert(3, "arch", [ArchSpec.from_json(s).short() for s in frame["spec_json"]])
+    write_csv(result.out / "supernet.csv", frame)
+    meta = {k: v for k, v in ctx.study_attrs().items() if k not in ("study", "storage")}
+    write_supernet_top(frame, result.out / "top", meta, args.top_k)
+    best = frame.sort_values(["band", "band_rank"]).groupby("band").head(1)
+    console.print(best.assign(MACs=best["macs"].map(format_macs))[
+        ["band", "band_range", "arch", "MACs", "params", "heldout_top1", "kd_loss"]].to_string(index=False))
+    console.print(f"supernet ({args.bands} band(s), {args.supernet_epochs} epoch(s), {args.supernet_trials} "
+                  f"subnets per band) ranked {len(frame)} subnets in {time.perf_counter() - start:.0f} s; wrote "
+                  f"{result.out}/supernet.csv and top/*.yaml (ranked by the supernet; start one from its "
+                  "supernet weights with `autokd train --student OUT/top/1.yaml --inherit`)")
 
 
 def leaderboard_table(board, objective: str, format_macs):
@@ -279,6 +335,9 @@ def add_train_args(p: argparse.ArgumentParser, student: bool = True) -> None:
                        help="a spec YAML from `autokd search` (OUT/top/1.yaml), study:NAME#TRIAL, or a timm name; "
                             "repeat it to train several students on one teacher pass (OUT/1, OUT/2, ...)")
         p.add_argument("--storage", help="the storage of a study:NAME#TRIAL student (default sqlite:///autokd.db)")
+        p.add_argument("--inherit", action="store_true",
+                       help="start each student from its supernet weights (a top/<rank>.yaml of `autokd search "
+                            "--evaluator supernet`)")
         add_recipe_args(p)
         add_kb_args(p)
     p.add_argument("--data", help="ImageFolder dir, ImageFolder zip, or CIFAR pickle folder (default: synthetic demo)")
@@ -330,6 +389,14 @@ def cmd_train(args: argparse.Namespace) -> int:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(args.seed + i)  # the same initial weights on every run of the same command
             students.append(resolve_student(ref, data.num_classes, storage=args.storage, img_size=args.img_size))
+        if args.inherit:
+            from autokd.supernet.select import inherit_from_file
+
+            if students[-1].spec is None:
+                raise AutokdError(f"--inherit needs a top/<rank>.yaml written by `autokd search --evaluator "
+                                  f"supernet`, not {ref!r}")
+            path = inherit_from_file(students[-1].model, students[-1].spec, ref)
+            print(f"autokd: {students[-1].spec.short()} starts from its inherited weights in {path}")
     teacher = None
     if args.teacher:
         teacher = resolve_teacher(args.teacher, data.num_classes, weights=args.teacher_weights, img_size=args.img_size)
@@ -497,6 +564,7 @@ def build_parser() -> argparse.ArgumentParser:
     search = sub.add_parser("search", help="rank and evolve students under a MAC budget, no training")
     add_search_args(search)
     add_refine_args(search)
+    add_supernet_args(search)
     search.set_defaults(func=cmd_search)
     train = sub.add_parser("train", help="distil a student from the teacher (resumable; torchrun for many GPUs)")
     add_train_args(train)

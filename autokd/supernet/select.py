@@ -116,7 +116,7 @@ def search_band(supernet: Supernet, band: BandSpace, heldout: Sequence[tuple[Ten
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study.optimize(objective, n_trials=trials)
-    key = (lambda r: -r["top1"]) if metric == "accuracy" else (lambda r: r["kd_loss"])
+    key = (lambda r: (-r["top1"], r["kd_loss"])) if metric == "accuracy" else (lambda r: r["kd_loss"])
     return sorted(results, key=key)
 
 
@@ -136,3 +136,20 @@ def inherit(path: str | Path, spec: ArchSpec | str, calibration: Iterable[Tensor
     spec = ArchSpec.from_json(spec) if isinstance(spec, str) else spec
     supernet, _ = load_supernet(path)
     return supernet.inherit(spec, calibration)
+
+
+def inherit_from_file(model: nn.Module, spec: ArchSpec, spec_file: str | Path) -> Path:
+    """Load into `model` (built for `spec`) its weights from the supernet that a `top/<rank>.yaml` of
+    `autokd search --evaluator supernet` names; returns that supernet.pt."""
+    import yaml
+
+    try:
+        path = Path(yaml.safe_load(Path(spec_file).read_text())["supernet"])
+    except (OSError, yaml.YAMLError, KeyError, TypeError):
+        raise AutokdError(f"--inherit needs a top/<rank>.yaml written by `autokd search --evaluator supernet`; "
+                          f"{str(spec_file)!r} names no supernet") from None
+    if not path.is_file():
+        raise AutokdError(f"the supernet {str(path)!r} named by {str(spec_file)!r} does not exist: run the search "
+                          "again, or train without --inherit")
+    model.load_state_dict(inherit(path, spec))
+    return path

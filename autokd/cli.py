@@ -64,6 +64,8 @@ def add_supernet_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--supernet-trials", type=_int_in(1), default=32,
                    help="supernet: subnets scored per band by aging evolution (default 32)")
     p.add_argument("--supernet-batch-size", type=_int_in(2), default=64, help="supernet: batch (default 64)")
+    p.add_argument("--supernet-images", type=_int_in(0), default=0,
+                   help="supernet: train images it trains and scores on, stratified (default 0: all)")
     p.add_argument("--supernet-pool", type=_int_in(2), default=200,
                    help="supernet: random in-band students whose largest genes size each supernet (default 200)")
 
@@ -200,7 +202,8 @@ def _supernet(args: argparse.Namespace, result, console) -> None:
         raise AutokdError("--evaluator supernet trains supernets on your images under the search folder: give "
                           "--data and --out")
     config = SupernetConfig(bands=args.bands, epochs=args.supernet_epochs, trials=args.supernet_trials,
-                            batch_size=args.supernet_batch_size, pool=args.supernet_pool, seed=args.seed or 0)
+                            batch_size=args.supernet_batch_size, pool=args.supernet_pool,
+                            images=args.supernet_images or None, seed=args.seed or 0)
     start, frames = time.perf_counter(), []
     for name, space in ctx.spaces.items():
         recipe = _recipe(argparse.Namespace(epochs=None, batch_size=None, lr=None), default_recipe(name))

@@ -26,14 +26,12 @@ import numpy as np
 import pandas as pd
 import torch
 from scipy.stats import kendalltau
-from torch.utils.data import DataLoader
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from build_ground_truth import DEFAULT_DATA, DEFAULT_WEIGHTS, IMG_SIZE, teacher_weights  # noqa: E402
 from common import RESULTS_DIR, machine, write_json  # noqa: E402
 
 from autokd.data import load_data, subset_data  # noqa: E402
-from autokd.data.split import split_indices  # noqa: E402
 from autokd.io import write_csv  # noqa: E402
 from autokd.recipes import load_recipe  # noqa: E402
 from autokd.spaces import ArchSpec, load_space  # noqa: E402
@@ -46,9 +44,9 @@ from autokd.supernet import (  # noqa: E402
     space_bands,
     train_supernet,
 )
+from autokd.supernet.evaluate import supernet_loaders  # noqa: E402
 from autokd.teachers import resolve_teacher  # noqa: E402
-from autokd.train import Inputs, Student, train_student  # noqa: E402
-from autokd.train.inputs import recipe_transform  # noqa: E402
+from autokd.train import Student, train_student  # noqa: E402
 
 GT = RESULTS_DIR / "gt_cifar10_v2.csv"
 
@@ -108,15 +106,10 @@ def main(argv: list[str] | None = None) -> Path:
     weights = teacher_weights(gt_args)
     data = subset_data(load_data(args.data, img_size=IMG_SIZE, seed=0), args.subset, args.test_subset, 0)
     teacher = resolve_teacher(args.teacher, data.num_classes, weights=weights)
-    inputs = Inputs.of(teacher)
-    train_idx, heldout_idx = split_indices(data.train.labels, 0.1, seed=0)
-    train_view = data.train.view(train_idx, recipe_transform("standard", inputs))
-    eval_view = data.train.view(heldout_idx, recipe_transform("none", inputs))
     torch.manual_seed(0)
-    train_loader = DataLoader(train_view, batch_size=args.batch_size, shuffle=True, drop_last=True,
-                              generator=torch.Generator().manual_seed(0))
-    heldout = heldout_targets(teacher.model, DataLoader(eval_view, batch_size=256))
-    calibration = calibration_batches(train_loader)
+    train_loader, calibration_loader, heldout_loader = supernet_loaders(data, teacher, args.batch_size)
+    heldout = heldout_targets(teacher.model, heldout_loader)
+    calibration = calibration_batches(calibration_loader)
 
     gt = ground_truth(Path(args.gt), args.space, args.students)
     specs = [ArchSpec.from_json(s) for s in gt["spec"]]

@@ -10,14 +10,14 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pandas as pd
 import torch
 from torch.utils.data import DataLoader
 
-from autokd.data import ImageDataset
+from autokd.data import ImageDataset, subset_data
 from autokd.data.split import split_indices
 from autokd.errors import AutokdError
 from autokd.io import write_yaml
@@ -39,13 +39,15 @@ HELDOUT_FRACTION = 0.1  # the share of train that scores subnets, as the trainer
 @dataclass(frozen=True)
 class SupernetConfig:
     """K bands, supernet training epochs, subnets scored per band, the batch, the in-band specs that size each
-    supernet, the ranking metric (ties in accuracy go to the lower KD loss), the seed."""
+    supernet, the ranking metric (ties in accuracy go to the lower KD loss), the seed, and the training images it
+    uses (a stratified subset; None: all)."""
 
     bands: int = 3
     epochs: int = 10
     trials: int = 32
     batch_size: int = 64
     pool: int = 200
+    images: int | None = None
     metric: str = "accuracy"
     seed: int = 0
 
@@ -84,6 +86,9 @@ def evaluate_bands(space: SearchSpace, budget_macs: int, teacher: Teacher, data:
         raise AutokdError("the supernet is distilled from the teacher: give the teacher's trained weights "
                           "(--teacher-weights)")
     out = Path(out)
+    data = replace(data, test=None)  # a copy without the test split: every figure is a held-out one
+    if config.images:
+        data = subset_data(data, config.images, None, config.seed)
     recipe = recipe.with_epochs(config.epochs).replace(batch_size=config.batch_size)
     train_loader, calibration_loader, heldout_loader = supernet_loaders(data, teacher, config.batch_size,
                                                                         config.seed)

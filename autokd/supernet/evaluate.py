@@ -104,7 +104,7 @@ def evaluate_bands(space: SearchSpace, budget_macs: int, teacher: Teacher, data:
         scored = search_band(net, band, heldout, calibration, trials=config.trials, metric=config.metric,
                              seed=config.seed)
         seconds = time.perf_counter() - start
-        log.info("band %s: %d subnets scored, best held-out top-1 %.2f%% (%.0f s)", band.band, len(scored),
+        log.info("%s: %d subnets scored, best held-out top-1 %.2f%% (%.0f s)", band.band, len(scored),
                  scored[0]["top1"] if scored else float("nan"), seconds)
         for rank, r in enumerate(scored, 1):
             rows.append({"band": band.band.index, "band_range": str(band.band), "band_rank": rank,

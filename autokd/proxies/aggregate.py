@@ -30,7 +30,7 @@ AGGREGATES: dict[str, tuple[str, ...]] = {
 }
 #: what `autokd search` maximises unless told otherwise: the best mean Kendall tau against distilled accuracy over
 #: the ground truths, among the stable and fast scores (README, benchmarks/bench_ranking_table.py)
-DEFAULT_OBJECTIVE = "params+synflow"
+DEFAULT_OBJECTIVE = "params+swap"
 #: keys that are distances (lower = better): negated before ranking
 LOWER_IS_BETTER = frozenset({"diswot_relation", "diswot_semantic"})
 

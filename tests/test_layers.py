@@ -8,9 +8,10 @@ from pathlib import Path
 PACKAGE = Path(__file__).resolve().parents[1] / "autokd"
 # each layer, and the modules it must never import, even lazily inside a function
 FORBIDDEN = {
-    "train": ("autokd.search", "autokd.pipeline", "autokd.cli", "autokd.report"),
+    "train": ("autokd.search", "autokd.supernet", "autokd.pipeline", "autokd.cli", "autokd.report"),
     "data": ("autokd.search", "autokd.train", "autokd.pipeline", "autokd.cli", "autokd.proxies"),
     "recipes": ("autokd.search", "autokd.train", "autokd.pipeline", "autokd.cli"),
+    "supernet": ("autokd.pipeline", "autokd.cli"),
 }
 
 

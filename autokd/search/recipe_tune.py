@@ -26,6 +26,7 @@ from autokd.errors import AutokdError
 from autokd.recipes.kb import PAIR_COLUMNS, append_rows, make_row, recipe_columns
 from autokd.recipes.recipe import Recipe, default_recipe
 from autokd.recipes.recommend import TEMPERATURES
+from autokd.search.refine import Halving
 from autokd.train import TrainResult, no_kd, train_student
 from autokd.train.inputs import Inputs, train_steps_per_epoch
 
@@ -34,16 +35,11 @@ _RANGES = {"temperature": (0.5, 8.0), "kd_weight": (0.05, 10.0), "lr": (1e-4, 0.
 
 
 @dataclass(frozen=True)
-class TuneConfig:
-    """Trials to finish, the short schedule, the halving rate and the train images each trial uses."""
+class TuneConfig(Halving):
+    """Trials to finish, their batch size, and the halving schedule each trial runs."""
 
     trials: int = 10
-    epochs: int = 3
-    min_epochs: int = 1
-    eta: int = 3
-    images: int | None = 2000
     batch_size: int | None = None
-    seed: int = 0
 
 
 def space_params(recipe_id: str, recipe: Recipe) -> dict[str, Any]:

@@ -31,10 +31,10 @@ log = logging.getLogger("autokd")
 
 
 @dataclass(frozen=True)
-class RefineConfig:
-    """How many candidates, the KD schedule's length, the halving rate, and the images it trains on."""
+class Halving:
+    """A short KD schedule cut into rungs of successive halving: its length, the first rung, the halving rate,
+    the train images each run uses and the seed (shared by `--refine` and recipe tuning)."""
 
-    top: int = 9
     epochs: int = 3
     min_epochs: int = 1
     eta: int = 3
@@ -42,13 +42,23 @@ class RefineConfig:
     seed: int = 0
 
     def check(self) -> None:
-        if self.top < 2:
-            raise AutokdError(f"--refine needs at least 2 candidates to compare, got {self.top}")
         if not 1 <= self.min_epochs <= self.epochs:
             raise AutokdError(f"refine epochs must satisfy 1 <= min epochs <= epochs, got {self.min_epochs} and "
                               f"{self.epochs}")
         if self.eta < 2:
             raise AutokdError(f"the halving rate eta must be at least 2, got {self.eta}")
+
+
+@dataclass(frozen=True)
+class RefineConfig(Halving):
+    """How many candidates, and the halving schedule they are refined by."""
+
+    top: int = 9
+
+    def check(self) -> None:
+        if self.top < 2:
+            raise AutokdError(f"--refine needs at least 2 candidates to compare, got {self.top}")
+        super().check()
 
 
 def refine(board: pd.DataFrame, teacher: Teacher, data: ImageDataset, recipe: Recipe, out: Path,

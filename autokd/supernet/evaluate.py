@@ -18,7 +18,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from autokd.data import ImageDataset, subset_data
-from autokd.data.split import split_indices
+from autokd.data.split import HELDOUT_FRACTION, SPLIT_SEED, split_indices
 from autokd.errors import AutokdError
 from autokd.io import write_yaml
 from autokd.recipes import Recipe
@@ -32,9 +32,6 @@ from autokd.teachers import Teacher
 from autokd.train.inputs import Inputs, recipe_transform
 
 log = logging.getLogger("autokd")
-
-HELDOUT_FRACTION = 0.1  # the share of train that scores subnets, as the trainer's model selection uses
-
 
 @dataclass(frozen=True)
 class SupernetConfig:
@@ -65,7 +62,7 @@ def supernet_loaders(data: ImageDataset, teacher: Teacher, batch_size: int, seed
     """Loaders of the training images (shuffled and augmented; plain, for BatchNorm calibration) and of the
     held-out tenth (plain)."""
     inputs = Inputs.of(teacher)
-    train_idx, heldout_idx = split_indices(data.train.labels, HELDOUT_FRACTION, seed=0)
+    train_idx, heldout_idx = split_indices(data.train.labels, HELDOUT_FRACTION, SPLIT_SEED)
     if len(train_idx) < batch_size:
         raise AutokdError(f"the train split has {len(train_idx)} images, fewer than one batch of {batch_size}")
     train_view = data.train.view(train_idx, recipe_transform("standard", inputs))

@@ -66,3 +66,11 @@ def recipe_from(args: argparse.Namespace, name: str):
 
     return load_recipe(name, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
                        teacher_cache=getattr(args, "teacher_cache", False))
+
+
+def add_halving_args(p: argparse.ArgumentParser, prefix: str, schedule: str, images: str) -> None:
+    """--PREFIX-epochs, --PREFIX-eta and --PREFIX-images: a successive-halving schedule of short KD runs."""
+    p.add_argument(f"--{prefix}-epochs", type=int_in(1), default=3, help=f"{schedule} (default 3)")
+    p.add_argument(f"--{prefix}-eta", type=int_in(2), default=3, help="keep 1/eta at each rung (default 3)")
+    p.add_argument(f"--{prefix}-images", type=int_in(0), default=2000,
+                   help=f"{images}, stratified (default 2000; 0 for all)")

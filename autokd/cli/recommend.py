@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from autokd.cli.common import add_kb_args, int_in
+from autokd.cli.common import add_halving_args, add_kb_args, int_in
 from autokd.errors import AutokdError
 from autokd.io import check_writable_dir
 
@@ -23,10 +23,7 @@ def add_recommend_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tune", type=int_in(1), metavar="N",
                    help="then tune the recipe with N short KD runs (Optuna, warm-started with the top recipes, "
                         "successive halving; resumable in --out) and add them to the knowledge base")
-    p.add_argument("--tune-epochs", type=int_in(1), default=3, help="each tuning run's schedule (default 3)")
-    p.add_argument("--tune-eta", type=int_in(2), default=3, help="keep 1/eta at each rung (default 3)")
-    p.add_argument("--tune-images", type=int_in(0), default=2000,
-                   help="train images per tuning run, stratified (default 2000; 0 for all)")
+    add_halving_args(p, "tune", "each tuning run's schedule", "train images per tuning run")
     p.add_argument("--batch-size", type=int_in(1), help="the tuning runs' batch size (default: the preset's)")
     p.add_argument("--out", help="folder of the tuning study and runs (needed with --tune; the same one resumes)")
     p.add_argument("--seed", type=int_in(0), default=0)

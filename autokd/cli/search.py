@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from autokd.cli.common import csv_list, int_in, recipe_from
+from autokd.cli.common import add_halving_args, csv_list, int_in, recipe_from
 from autokd.errors import AutokdError
 
 
@@ -14,10 +14,7 @@ def add_refine_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--refine", type=int_in(2), metavar="N",
                    help="then distil the top N briefly in rungs of successive halving and rank them by held-out "
                         "accuracy (OUT/refine.csv; needs --data and the teacher's trained weights)")
-    p.add_argument("--refine-epochs", type=int_in(1), default=3, help="the refine's KD schedule (default 3)")
-    p.add_argument("--refine-eta", type=int_in(2), default=3, help="keep 1/eta at each rung (default 3)")
-    p.add_argument("--refine-images", type=int_in(0), default=2000,
-                   help="train images for the refine, stratified (default 2000; 0 for all)")
+    add_halving_args(p, "refine", "the refine's KD schedule", "train images for the refine")
     p.add_argument("--refine-recipe", help="the refine's recipe (default: the top candidate's default)")
 
 

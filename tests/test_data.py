@@ -323,3 +323,16 @@ def test_subset_data_is_stratified_and_avoids_the_scoring_split():
     assert sorted(Counter(sub.train.labels).values()) == [10, 10, 10, 10]
     assert not set(sub.train.indices) & set(heldout.tolist())
     assert sub.train.labels[3] == sub.train.base.labels[sub.train.indices[3]]
+
+
+def test_randaugment_posterize_at_full_magnitude_gives_a_black_image_instead_of_failing():
+    """RandAugment 'inc1' keeps 0 bits at magnitude 10 (mstd noise reaches it), which Pillow 11+ refuses."""
+    from autokd.data.transforms import _augment_ops, train_transform
+
+    transform = train_transform(32, auto_augment="rand-m9-mstd0.5-inc1", scale=(0.5, 1.0))
+    op = next(op for op in _augment_ops(transform) if op.name == "PosterizeIncreasing")
+    op.prob, op.magnitude, op.magnitude_std = 1.0, 10, 0
+    image = Image.fromarray(np.full((32, 32, 3), 200, dtype=np.uint8))
+    assert np.asarray(op(image)).max() == 0
+    op.magnitude = 5  # 2 bits kept: 0b11001000 -> 0b11000000
+    assert np.asarray(op(image)).max() == 192

@@ -5,15 +5,21 @@ Each step trains the band's largest and smallest subnets and `random_subnets` ra
 CE + logit KD against the teacher (`KDLoss`), plus `relation_weight` times a relation loss: MiniLM-v2 Q-Q, K-K,
 V-V self-attention relations of the last layer when teacher and student are transformers with the same tokens,
 else the sample-relation loss on their final features (DisWOT's relation term, any pair of families).
+
+Under torchrun each process takes every world_size-th batch of the loader and runs the same subnets (one seed),
+their gradients are averaged over processes before each step, and rank 0 alone writes the checkpoint. On CUDA
+the forward passes run in bf16 autocast, CNN supernets and their inputs channels_last (as `autokd train`).
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import math
 import random
 import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,6 +27,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 from torch import Tensor
+from torch.utils.data import DataLoader, IterableDataset
 
 from autokd.errors import AutokdError
 from autokd.io import write_json
@@ -29,6 +36,7 @@ from autokd.recipes import FeatureCapture, KDLoss, QKVCapture, Recipe, minilm_lo
 from autokd.spaces import ArchSpec
 from autokd.supernet.bands import BandSpace
 from autokd.supernet.base import Supernet
+from autokd.train import distributed as D
 from autokd.train.checkpoint import atomic_save, rng_state, seed_everything, set_rng_state
 from autokd.train.step import build_optimizer, warmup_cosine
 
@@ -119,23 +127,85 @@ def sandwich_specs(supernet: Supernet, band: BandSpace, largest: ArchSpec, small
 
 def sandwich_step(supernet: Supernet, specs: list[ArchSpec], images: Tensor, labels: Tensor,
                   teacher: TeacherTargets, criterion: KDLoss, optimizer: torch.optim.Optimizer, *,
-                  relation_weight: float = 1.0, grad_clip: float | None = None) -> list[tuple[float, str]]:
-    """One optimiser step on the summed gradients of `specs` (each loss divided by their number); returns
-    each subnet's (loss, relation kind)."""
+                  relation_weight: float = 1.0, grad_clip: float | None = None, autocast: torch.dtype | None = None,
+                  info: D.DistInfo | None = None) -> list[tuple[float, str]]:
+    """One optimiser step on the summed gradients of `specs` (each loss divided by their number), averaged over
+    the processes of `info`; forward passes in `autocast` when given; returns each subnet's (loss, relation kind)."""
     optimizer.zero_grad(set_to_none=True)
-    targets = teacher(images)
-    out = []
+    with _autocast(images, autocast):
+        targets = teacher(images)
+    losses, kinds = [], []
     for spec in specs:
-        loss, kind = subnet_loss(supernet, spec, images, labels, teacher, targets, criterion, relation_weight)
-        if not torch.isfinite(loss):
-            raise AutokdError(f"the supernet loss became {loss.item()} on {spec.short()}: lower the learning rate "
-                              "or set grad_clip in the recipe")
+        with _autocast(images, autocast):
+            loss, kind = subnet_loss(supernet, spec, images, labels, teacher, targets, criterion, relation_weight)
         (loss / len(specs)).backward()
-        out.append((loss.item(), kind))
+        losses.append(loss.detach())
+        kinds.append(kind)
+    values = torch.stack(losses).tolist()  # one host-device sync per step
+    bad = next(((spec, v) for spec, v in zip(specs, values) if not math.isfinite(v)), None)
+    if average_gradients(supernet, info, bad is not None):
+        where = f"{bad[1]} on {bad[0].short()}" if bad is not None else "not finite on another process"
+        raise AutokdError(f"the supernet loss became {where}: lower the learning rate or set grad_clip in the "
+                          "recipe")
     if grad_clip is not None:
         torch.nn.utils.clip_grad_norm_(supernet.parameters(), grad_clip)
     optimizer.step()
-    return out
+    return list(zip(values, kinds))
+
+
+def _autocast(images: Tensor, dtype: torch.dtype | None):
+    return torch.autocast(images.device.type, dtype=dtype, enabled=dtype is not None)
+
+
+def precision_for(device: str | torch.device, family: str) -> tuple[torch.dtype | None, bool]:
+    """(autocast dtype, channels_last) of supernet training: bf16, and channels_last for a CNN family, on CUDA
+    (as `autokd train`); full precision and the default layout elsewhere."""
+    cuda = torch.device(device).type == "cuda"
+    return (torch.bfloat16 if cuda else None), cuda and family != "vit"
+
+
+def average_gradients(module: nn.Module, info: D.DistInfo | None, flag: bool = False) -> bool:
+    """Average the gradients of `module` over the processes of `info` in one all-reduce, which also carries
+    `flag`; returns whether any process set it (its own `flag` on a single process)."""
+    if info is None or not info.distributed:
+        return flag
+    grads = [p.grad for p in module.parameters() if p.grad is not None]  # the same set on every rank
+    flat = torch.cat([*(g.reshape(-1) for g in grads), torch.tensor([float(flag)], device=info.device)])
+    D.all_sum(info, flat)
+    offset = 0
+    for g in grads:
+        g.copy_(flat[offset:offset + g.numel()].view_as(g)).div_(info.world_size)
+        offset += g.numel()
+    return bool(flat[-1].item() > 0)
+
+
+class EveryNth:
+    """Items rank, rank + n, rank + 2n, ... of a sized iterable, len(items) // n of them on every rank (the
+    remainder is dropped, so all processes take the same number of steps)."""
+
+    def __init__(self, items, rank: int, n: int):
+        self.items, self.rank, self.n = items, rank, n
+
+    def __len__(self) -> int:
+        return len(self.items) // self.n
+
+    def __iter__(self):
+        return itertools.islice(iter(self.items), self.rank, len(self) * self.n, self.n)
+
+
+def shard_batches(loader: Iterable, info: D.DistInfo) -> Iterable:
+    """This process's batches of `loader`: every world_size-th from its rank (the loader itself on one process).
+    A map-style DataLoader loads only those, in the order the whole loader would give them."""
+    if not info.distributed:
+        return loader
+    if (isinstance(loader, DataLoader) and loader.batch_sampler is not None
+            and not isinstance(loader.dataset, IterableDataset)):
+        return DataLoader(loader.dataset, batch_sampler=EveryNth(loader.batch_sampler, info.rank, info.world_size),
+                          num_workers=loader.num_workers, collate_fn=loader.collate_fn, pin_memory=loader.pin_memory,
+                          timeout=loader.timeout, worker_init_fn=loader.worker_init_fn, generator=loader.generator,
+                          multiprocessing_context=loader.multiprocessing_context,
+                          persistent_workers=loader.persistent_workers)
+    return EveryNth(loader, info.rank, info.world_size)
 
 
 @dataclass(frozen=True)
@@ -152,22 +222,41 @@ class SupernetRun:
 
 
 def train_supernet(supernet: Supernet, teacher: nn.Module, loader, run: SupernetRun, out: str | Path, *,
-                   device: str | torch.device = "cpu", resume: bool = True,
-                   stop_after: int | None = None) -> list[dict[str, Any]]:
+                   device: str | torch.device = "cpu", resume: bool = True, stop_after: int | None = None,
+                   on_epoch: Callable[[dict[str, Any]], None] | None = None) -> list[dict[str, Any]]:
     """Train `supernet` for `run.recipe.epochs` epochs over `loader` (batches of images, labels, ...); writes
     out/supernet.pt (atomic, every epoch) and out/progress.json; resumes from supernet.pt when it exists.
-    `stop_after` ends this call after that many epochs (a resumed call continues the same schedule)."""
-    out, device = Path(out), torch.device(device)
+    `stop_after` ends this call after that many epochs (a resumed call continues the same schedule);
+    `on_epoch(entry)` gets each epoch's history entry on rank 0 once it is saved. Under torchrun each process
+    trains on its share of the batches (an epoch is len(loader) // world_size steps of world_size batches)."""
+    owned = not torch.distributed.is_initialized()
+    info = D.setup(str(device))  # joins torchrun's process group; a single process otherwise
+    try:
+        return _train(supernet, teacher, loader, run, Path(out), info, resume, stop_after, on_epoch)
+    finally:
+        if owned:
+            D.teardown(info)
+
+
+def _train(supernet: Supernet, teacher: nn.Module, loader, run: SupernetRun, out: Path, info: D.DistInfo,
+           resume: bool, stop_after: int | None, on_epoch: Callable[[dict[str, Any]], None] | None
+           ) -> list[dict[str, Any]]:
+    device = info.device
+    autocast, channels_last = precision_for(device, supernet.space.family)
     seed_everything(run.seed)
     supernet.to(device).train()
     teacher = teacher.to(device)
+    if channels_last:
+        supernet.to(memory_format=torch.channels_last)
+        teacher.to(memory_format=torch.channels_last)
     criterion = KDLoss(run.recipe)
-    optimizer = build_optimizer(supernet, run.recipe)
-    steps = len(loader)
+    optimizer = build_optimizer(supernet, run.recipe, fused=device.type == "cuda")
+    batches = shard_batches(loader, info)
+    steps = len(batches)
     if steps == 0:
         raise AutokdError("the supernet's training loader is empty: give more images or a smaller batch")
     scheduler = warmup_cosine(optimizer, run.recipe, steps)
-    rng = random.Random(run.seed)
+    rng = random.Random(run.seed)  # the same on every process: all run the same subnets
     history: list[dict[str, Any]] = []
     start = 0
     path = out / CHECKPOINT
@@ -190,29 +279,45 @@ def train_supernet(supernet: Supernet, teacher: nn.Module, loader, run: Supernet
             if hasattr(getattr(loader, "sampler", None), "set_epoch"):
                 loader.sampler.set_epoch(epoch)
             began, sums, kinds = time.perf_counter(), [0.0, 0.0, 0.0], {}
-            for batch in loader:
+            for batch in batches:
                 images, labels = batch[0].to(device), batch[1].to(device)
+                if channels_last:
+                    images = images.contiguous(memory_format=torch.channels_last)
                 specs = sandwich_specs(supernet, run.band, run.largest, run.smallest, rng, run.random_subnets)
                 losses = sandwich_step(supernet, specs, images, labels, targets, criterion, optimizer,
-                                       relation_weight=run.relation_weight, grad_clip=run.recipe.grad_clip)
+                                       relation_weight=run.relation_weight, grad_clip=run.recipe.grad_clip,
+                                       autocast=autocast, info=info)
                 scheduler.step()
                 sums[0] += losses[0][0]
                 sums[1] += losses[1][0]
                 sums[2] += sum(loss for loss, _ in losses[2:]) / max(len(losses) - 2, 1)
                 for _, kind in losses:
                     kinds[kind] = kinds.get(kind, 0) + 1
+            if info.distributed:  # every process's batches count in the epoch's losses
+                sums = (D.all_sum(info, torch.tensor(sums, device=device, dtype=torch.float64))
+                        / info.world_size).tolist()
             history.append({"epoch": epoch + 1, "loss_largest": sums[0] / steps, "loss_smallest": sums[1] / steps,
                             "loss_random": sums[2] / steps, "relation": kinds, "lr": scheduler.get_last_lr()[0],
                             "seconds": time.perf_counter() - began})
-            log.info("supernet %s epoch %d/%d: loss largest %.4f smallest %.4f random %.4f", run.band.band,
-                     epoch + 1, run.recipe.epochs, *(history[-1][k] for k in ("loss_largest", "loss_smallest",
-                                                                                "loss_random")))
-            save_supernet(path, supernet, run, optimizer, scheduler, rng, epoch + 1, history)
-            write_json(out / "progress.json", {"band": run.band.describe(), "epochs": run.recipe.epochs,
-                                               "history": history})
+            if info.is_main:
+                _end_epoch(supernet, run, optimizer, scheduler, rng, history, out, on_epoch)
+            D.barrier(info)  # the others wait for rank 0's checkpoint
     finally:
         targets.close()
     return history
+
+
+def _end_epoch(supernet: Supernet, run: SupernetRun, optimizer, scheduler, rng: random.Random,
+               history: list[dict[str, Any]], out: Path, on_epoch: Callable[[dict[str, Any]], None] | None) -> None:
+    """Rank 0's end of an epoch: the log line, supernet.pt, progress.json, then `on_epoch`."""
+    entry = history[-1]
+    log.info("supernet %s epoch %d/%d: loss largest %.4f smallest %.4f random %.4f", run.band.band,
+             entry["epoch"], run.recipe.epochs, entry["loss_largest"], entry["loss_smallest"], entry["loss_random"])
+    save_supernet(out / CHECKPOINT, supernet, run, optimizer, scheduler, rng, entry["epoch"], history)
+    write_json(out / "progress.json", {"band": run.band.describe(), "epochs": run.recipe.epochs,
+                                       "history": history})
+    if on_epoch is not None:
+        on_epoch(dict(entry))
 
 
 def save_supernet(path: Path, supernet: Supernet, run: SupernetRun, optimizer, scheduler, rng: random.Random,

@@ -29,7 +29,9 @@ from autokd.recipes.kb import kb_path
 from autokd.recipes.recommend import grid_id
 from autokd.report import leaderboard
 from autokd.search import SearchConfig, SearchContext, SearchResult, run_search
-from autokd.train import TrainResult, student_from_trial, train_students
+from autokd.supernet.evaluate import SupernetConfig, evaluate_spaces
+from autokd.supernet.select import inherit_from_file
+from autokd.train import Student, TrainResult, student_from_trial, student_from_yaml, train_students
 
 log = logging.getLogger("autokd")
 
@@ -47,6 +49,7 @@ class RunResult:
     seconds: float
     complete: bool = True  # False when a training was stopped (SIGTERM): run again to resume
     skipped: list[int] = field(default_factory=list)  # ranks whose finished training was reused
+    ranked_by: str = ""  # the column that ranked the candidates: the search objective, or heldout_top1 (supernet)
 
 
 def distinct_candidates(study: optuna.Study, objective: str, k: int) -> pd.DataFrame:
@@ -57,6 +60,23 @@ def distinct_candidates(study: optuna.Study, objective: str, k: int) -> pd.DataF
     board = board.drop_duplicates("spec_json", keep="first").head(k).reset_index(drop=True)
     board["rank"] = range(1, len(board) + 1)
     return board
+
+
+def supernet_stage(search: SearchResult, config: SupernetConfig, top_k: int) -> pd.DataFrame:
+    """The supernet evaluator after a search: K band supernets per searched space, trained on the search's data
+    and distilled from its teacher; subnets ranked by held-out top-1 (out/supernet.csv, out/top/<rank>.yaml)."""
+    ctx = search.context
+    if search.out is None or ctx.data is None:
+        raise AutokdError("--evaluator supernet trains supernets on your images under the search folder: give "
+                          "--data and --out")
+    recipes = {name: load_recipe(default_recipe(name)) for name in ctx.spaces}
+    meta = {k: v for k, v in ctx.study_attrs().items() if k not in ("study", "storage")}
+
+    def progress(space: str, band: int, entry: dict) -> None:  # the dashboard shows each supernet's epochs
+        search.study.set_user_attr(f"supernet/{space}/band{band}", entry)
+
+    return evaluate_spaces(ctx.spaces, ctx.budget.macs, ctx.teacher, ctx.data, recipes, search.out, config, meta,
+                           top_k, device=ctx.evaluator.device, on_epoch=progress)
 
 
 def run_pipeline(
@@ -76,15 +96,21 @@ def run_pipeline(
     progress: bool = True,
     kb: str | None = None,
     add_to_kb: bool = True,
+    supernet: SupernetConfig | None = None,
+    inherit: bool = False,
 ) -> RunResult:
     """Search (resumable), distil the `train_top` best distinct candidates into out/train/<rank>/ with `recipe`
     (default: `default_recipe` of each student's space; "auto": the knowledge base's recommendation for each
     student, see autokd.recipes.recommend), write out/trained.csv and a section in report.html. Finished
-    trainings are added to the knowledge base `kb` (None: the default one) unless `add_to_kb` is False."""
+    trainings are added to the knowledge base `kb` (None: the default one) unless `add_to_kb` is False. With
+    `supernet`, the candidates are the supernet evaluator's best (`supernet_stage`); `inherit` starts each from
+    its supernet weights."""
     start = time.perf_counter()
     out = Path(out)
     if train_top < 1:
         raise AutokdError("--train-top must be at least 1")
+    if inherit and supernet is None:
+        raise AutokdError("--inherit starts the students from supernet weights: use it with --evaluator supernet")
     recipes = {}  # checked before the search, so a typo costs nothing
     overrides = dict(epochs=epochs, batch_size=batch_size, lr=lr, teacher_cache=teacher_cache)
     for name in {recipe} if recipe and recipe != "auto" else {default_recipe(s) for s in (*CNN_SPACES, "vit")}:
@@ -98,7 +124,13 @@ def run_pipeline(
     study.set_user_attr("artifacts/search", {"out": str(out), "trials": n_trials,
                                              "leaderboard": str(out / "leaderboard.csv")})
 
-    chosen = distinct_candidates(study, config.objective, train_top)
+    if supernet is None:
+        ranked_by, origin = config.objective, {}
+        chosen = distinct_candidates(study, config.objective, train_top)
+    else:
+        ranked_by, origin = "heldout_top1", {"evaluator": "supernet", "inherit": inherit}
+        chosen = supernet_stage(search, supernet, top_k).head(train_top).assign(trial=-1)
+        chosen["student_file"] = [str(out / "top" / f"{rank}.yaml") for rank in chosen["rank"]]
     # real data as the search read it; the synthetic demo set is drawn for the teacher's size and the seed
     data = ctx.data if config.data is not None else load_data(None, img_size=teacher.img_size, seed=config.seed)
     results: dict[int, TrainResult] = {}
@@ -109,13 +141,13 @@ def run_pipeline(
     for row in chosen.to_dict("records"):
         rank, trial = int(row["rank"]), int(row["trial"])
         if recipe == "auto" or add_to_kb:
-            profiles[rank] = _profile(profiles, search, data, trial, config)
+            profiles[rank] = _profile(profiles, search, data, row, config)
         if recipe == "auto":
             name, chosen_recipe = _auto_recipe(out / "train" / str(rank), kb, profiles[rank], overrides)
             recipes[name] = chosen_recipe
         else:
             name = recipe or default_recipe(row["space"])
-        finished = _check_folder(out / "train" / str(rank), trial, row["spec_json"], recipes[name])
+        finished = _check_folder(out / "train" / str(rank), trial, row["spec_json"], recipes[name], origin)
         if finished is not None:
             results[rank] = finished
             skipped.append(rank)
@@ -132,8 +164,7 @@ def run_pipeline(
             study.set_user_attr(f"artifacts/train/{rank}", {"dir": str(folders[-1]), "trial": trial, "recipe": name})
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(config.seed + rank)  # the same initial weights on a fresh rerun
-                students.append(student_from_trial(search.storage_url, study.study_name, trial,
-                                                   ctx.evaluator.num_classes))
+                students.append(_candidate(search, row, inherit))
         log.info("%s student(s) %s together (one teacher pass per batch) with recipe %s",
                  "resuming" if resume else "training", ", ".join(str(r["rank"]) for r in group), name)
         trained = train_students(students, teacher, data, recipes[name], folders, device=config.device,
@@ -155,14 +186,14 @@ def run_pipeline(
             break
 
     complete = len(results) == len(chosen) and all(r.stopped is None for r in results.values())
-    trained = trained_frame(chosen, results, config.objective)
+    trained = trained_frame(chosen, results, ranked_by)
     write_csv(out / "trained.csv", trained)
-    append_report(out / "report.html", trained, config.objective)
+    append_report(out / "report.html", trained, ranked_by)
     if complete:
         study.set_user_attr("stage/report", "done")
         study.set_user_attr("artifacts/report", {"trained": str(out / "trained.csv"),
                                                  "report": str(out / "report.html")})
-    return RunResult(search, trained, results, out, time.perf_counter() - start, complete, skipped)
+    return RunResult(search, trained, results, out, time.perf_counter() - start, complete, skipped, ranked_by)
 
 
 def _auto_recipe(folder: Path, kb: str | None, profile: dict, overrides: dict) -> tuple[str, Recipe]:
@@ -176,11 +207,23 @@ def _auto_recipe(folder: Path, kb: str | None, profile: dict, overrides: dict) -
     return f"auto:{grid_id(chosen, profile['teacher_family'], profile['student_family'])}", chosen
 
 
-def _profile(profiles: dict[int, dict], search: SearchResult, data, trial: int, config: SearchConfig) -> dict:
+def _candidate(search: SearchResult, row: dict, inherit: bool = False) -> Student:
+    """A candidate's student: from its trial in the study, or from the supernet's top/<rank>.yaml (started from
+    its supernet weights when `inherit`)."""
+    num_classes = search.context.evaluator.num_classes
+    if "student_file" not in row or pd.isna(row["student_file"]):
+        return student_from_trial(search.storage_url, search.study.study_name, int(row["trial"]), num_classes)
+    student = student_from_yaml(row["student_file"], num_classes)
+    if inherit:
+        path = inherit_from_file(student.model, student.spec, row["student_file"])
+        log.info("student %s starts from its inherited weights in %s", row["rank"], path)
+    return student
+
+
+def _profile(profiles: dict[int, dict], search: SearchResult, data, row: dict, config: SearchConfig) -> dict:
     """The KB features of a candidate: the task's are measured once (the first candidate), the pair's each time."""
     with torch.random.fork_rng(devices=[]):
-        student = student_from_trial(search.storage_url, search.study.study_name, trial,
-                                     search.context.evaluator.num_classes)
+        student = _candidate(search, row)
     teacher = search.context.teacher
     if profiles:
         return student_profile(next(iter(profiles.values())), student, teacher.img_size)
@@ -201,15 +244,16 @@ def _trained_teacher(ctx: SearchContext) -> None:
                           "random one: `autokd search`)")
 
 
-def _check_folder(folder: Path, trial: int, spec_json: str, recipe: Recipe) -> TrainResult | None:
-    """The finished result in `folder`, or None to (re)start; a folder made for another student or recipe is
-    refused rather than silently mixed."""
+def _check_folder(folder: Path, trial: int, spec_json: str, recipe: Recipe, origin: dict | None = None
+                  ) -> TrainResult | None:
+    """The finished result in `folder`, or None to (re)start; a folder made for another student, recipe or
+    origin (supernet, inherited weights) is refused rather than silently mixed."""
     marker = folder / "candidate.json"
-    want = {"trial": trial, "spec": json.loads(spec_json), "recipe": recipe.to_dict()}
+    want = {"trial": trial, "spec": json.loads(spec_json), "recipe": recipe.to_dict(), **(origin or {})}
     if marker.is_file():
         have = json.loads(marker.read_text())
         if have != want:
-            what = "student" if have.get("spec") != want["spec"] else "recipe or epochs"
+            what = "student" if have.get("spec") != want["spec"] else "recipe, epochs or --inherit"
             raise AutokdError(f"{str(folder)!r} holds a training of another {what} (the search or the options "
                               "changed since): give a new --out, or the original options")
     else:

@@ -18,6 +18,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import torch
 
@@ -26,11 +27,27 @@ from bench_proxy_quality import bootstrap_ci, kendall_tau, read_ground_truth, to
 from build_ground_truth import DEFAULT_DATA, IMG_SIZE  # noqa: E402
 from common import RESULTS_DIR, machine, print_table, write_json  # noqa: E402
 
-from autokd.data import load_data  # noqa: E402
-from autokd.recipes import default_recipe, load_recipe  # noqa: E402
+from autokd.data import ImageDataset, load_data  # noqa: E402
+from autokd.recipes import Recipe, default_recipe, load_recipe  # noqa: E402
 from autokd.search.refine import RefineConfig, refine  # noqa: E402
 from autokd.spaces import ArchSpec  # noqa: E402
-from autokd.teachers import resolve_teacher  # noqa: E402
+from autokd.teachers import Teacher, resolve_teacher  # noqa: E402
+
+
+def refine_ranking(gt: pd.DataFrame, order: np.ndarray, teacher: Teacher, data: ImageDataset, recipe: Recipe,
+                   config: RefineConfig) -> tuple[pd.DataFrame, float]:
+    """Refine the ground truth's students, entered best `order` first as a search's leaderboard would; returns
+    one row per student (refine rank, held-out top-1 per epoch, kd_acc) and the refine's CPU-minutes."""
+    board = gt.assign(order=order).sort_values("order", ascending=False, kind="stable").reset_index(drop=True)
+    board = pd.DataFrame({"rank": range(1, len(board) + 1), "trial": range(len(board)), "spec_json": board["spec"],
+                          "arch": [str(ArchSpec.from_json(s)) for s in board["spec"]], "macs": board["macs"],
+                          "params": board["params"], "kd_acc": board["kd_acc"]})
+    start = time.process_time()
+    with tempfile.TemporaryDirectory() as tmp:
+        frame = refine(board, teacher, data, recipe, Path(tmp), f"sqlite:///{tmp}/refine.db", "bench", config,
+                       img_size=IMG_SIZE, device="cpu")
+    cpu_minutes = (time.process_time() - start) / 60
+    return frame.merge(board[["rank", "kd_acc", "spec_json"]], left_on="proxy_rank", right_on="rank"), cpu_minutes
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -57,17 +74,8 @@ def main(argv: list[str] | None = None) -> dict:
     data = load_data(args.data, img_size=IMG_SIZE, seed=0)
     teacher = resolve_teacher(args.teacher, data.num_classes, weights=args.teacher_weights)
     recipe = load_recipe(default_recipe(gt["space"].iloc[0]), batch_size=args.batch_size)
-    board = gt.sort_values("params", ascending=False, kind="stable").reset_index(drop=True)
-    board = pd.DataFrame({"rank": range(1, len(board) + 1), "trial": range(len(board)), "spec_json": board["spec"],
-                          "arch": [str(ArchSpec.from_json(s)) for s in board["spec"]], "macs": board["macs"],
-                          "params": board["params"], "kd_acc": board["kd_acc"]})
-    config = RefineConfig(top=len(board), epochs=args.epochs, eta=args.eta, images=args.images)
-    start = time.process_time()
-    with tempfile.TemporaryDirectory() as tmp:
-        frame = refine(board, teacher, data, recipe, Path(tmp), f"sqlite:///{tmp}/refine.db", "bench", config,
-                       img_size=IMG_SIZE, device="cpu")
-    cpu_minutes = (time.process_time() - start) / 60
-    frame = frame.merge(board[["rank", "kd_acc"]], left_on="proxy_rank", right_on="rank")
+    config = RefineConfig(top=len(gt), epochs=args.epochs, eta=args.eta, images=args.images)
+    frame, cpu_minutes = refine_ranking(gt, gt["params"].to_numpy(float), teacher, data, recipe, config)
     target = frame["kd_acc"].to_numpy()
     rankings = {
         "params": frame["params"].to_numpy(float),

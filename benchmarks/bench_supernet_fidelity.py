@@ -20,21 +20,24 @@ import argparse
 import logging
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
 from scipy.stats import kendalltau
+from torch.utils.data import DataLoader
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from build_ground_truth import DEFAULT_DATA, DEFAULT_WEIGHTS, IMG_SIZE, teacher_weights  # noqa: E402
 from common import RESULTS_DIR, machine, write_json  # noqa: E402
 
-from autokd.data import load_data, subset_data  # noqa: E402
+from autokd.data import ImageDataset, load_data, subset_data  # noqa: E402
 from autokd.io import write_csv  # noqa: E402
-from autokd.recipes import load_recipe  # noqa: E402
+from autokd.recipes import Recipe, load_recipe  # noqa: E402
 from autokd.spaces import ArchSpec, load_space  # noqa: E402
+from autokd.spaces.base import SearchSpace  # noqa: E402
 from autokd.supernet import (  # noqa: E402
     SupernetRun,
     band_supernet,
@@ -45,7 +48,7 @@ from autokd.supernet import (  # noqa: E402
     train_supernet,
 )
 from autokd.supernet.evaluate import supernet_loaders  # noqa: E402
-from autokd.teachers import resolve_teacher  # noqa: E402
+from autokd.teachers import Teacher, resolve_teacher  # noqa: E402
 from autokd.train import Student, train_student  # noqa: E402
 
 GT = RESULTS_DIR / "gt_cifar10_v2.csv"
@@ -65,6 +68,69 @@ def ground_truth(path: Path, space: str, limit: int | None) -> pd.DataFrame:
 
 def tau(a, b) -> float:
     return float(kendalltau(a, b).statistic)
+
+
+@dataclass
+class SupernetData:
+    """What every supernet of a run shares: its training batches, held-out batches with the teacher's logits,
+    and the BatchNorm calibration batches."""
+
+    train: DataLoader
+    heldout: list
+    calibration: list
+
+    @classmethod
+    def of(cls, data: ImageDataset, teacher: Teacher, batch_size: int) -> SupernetData:
+        torch.manual_seed(0)
+        train, calibration, heldout = supernet_loaders(data, teacher, batch_size)
+        return cls(train, heldout_targets(teacher.model, heldout), calibration_batches(calibration))
+
+
+def supernet_scores(space: SearchSpace, specs: list[ArchSpec], budget: int, k: int, recipe: Recipe,
+                    teacher: Teacher, loaders: SupernetData, folder: Path, pool: int, num_classes: int
+                    ) -> tuple[dict[ArchSpec, dict], dict[str, float], tuple]:
+    """Train K band supernets afresh (`recipe.epochs` each) and score every spec by held-out top-1 with inherited
+    weights; returns the scores, the CPU- and wall-minutes of the whole, and the last (supernet, band)."""
+    cpu0, wall0 = time.process_time(), time.perf_counter()
+    scores, last = {}, None
+    for band in space_bands(space, budget, k, num_classes):
+        members = [s for s in specs if band.fits(s)]
+        net, largest, smallest = band_supernet(band, include=members, pool=pool)
+        history = train_supernet(net, teacher.model, loaders.train, SupernetRun(band, largest, smallest, recipe),
+                                 folder / f"band{band.band.index}", resume=False)
+        for spec in members:
+            scores[spec] = score_subnet(net, band, spec, loaders.heldout, loaders.calibration)
+        print(f"K={k} {band.band}: {len(members)} GT students, last loss {history[-1]['loss_random']:.3f}",
+              flush=True)
+        last = (net, band)
+    cost = {"cpu_minutes": (time.process_time() - cpu0) / 60, "wall_minutes": (time.perf_counter() - wall0) / 60}
+    return scores, cost, last
+
+
+def gt_data_and_teacher(gt_args: argparse.Namespace) -> tuple[ImageDataset, Teacher]:
+    """The ground truth's CIFAR-10 subset and its (fine-tuned) teacher, as build_ground_truth made them."""
+    weights = teacher_weights(gt_args)
+    data = subset_data(load_data(gt_args.data, img_size=IMG_SIZE, seed=0), gt_args.subset, gt_args.test_subset, 0)
+    return data, resolve_teacher(gt_args.teacher, data.num_classes, weights=weights)
+
+
+def inherited_vs_scratch(net, band, specs: list[ArchSpec], space: SearchSpace, teacher: Teacher,
+                         data: ImageDataset, loaders: SupernetData, recipe: Recipe, folder: Path) -> dict:
+    """One subnet (the first at or above the median MACs that the supernet holds) distilled with `recipe` from
+    its inherited weights and from scratch: both test top-1s and CPU-minutes."""
+    pick = next(s for s in specs[len(specs) // 2:] if net.contains(s) and band.fits(s))
+    compare = {"spec": pick.to_json(), "epochs": recipe.epochs}
+    for start in ("inherited", "scratch"):
+        model = space.build(pick, data.num_classes)
+        if start == "inherited":
+            model.load_state_dict(net.inherit(pick, loaders.calibration))
+        cpu0 = time.process_time()
+        r = train_student(Student(model, start, pick), teacher, data, recipe, folder / f"finetune_{start}",
+                          device="cpu", seed=0, num_workers=0, progress=False, heldout=0, evaluate_teacher=False)
+        compare[start] = {"test_top1": r.top1, "cpu_minutes": (time.process_time() - cpu0) / 60}
+    print(f"fine-tune {pick.short()}: inherited {compare['inherited']['test_top1']:.2f}% vs scratch "
+          f"{compare['scratch']['test_top1']:.2f}% after {recipe.epochs} epochs", flush=True)
+    return compare
 
 
 def main(argv: list[str] | None = None) -> Path:
@@ -103,13 +169,8 @@ def main(argv: list[str] | None = None) -> Path:
     gt_args = argparse.Namespace(finetune_epochs=args.finetune_teacher, teacher_weights=args.teacher_weights,
                                  runs=str(runs), data=args.data, subset=args.subset, test_subset=args.test_subset,
                                  teacher=args.teacher, finetune_lr=0.01, device="cpu")
-    weights = teacher_weights(gt_args)
-    data = subset_data(load_data(args.data, img_size=IMG_SIZE, seed=0), args.subset, args.test_subset, 0)
-    teacher = resolve_teacher(args.teacher, data.num_classes, weights=weights)
-    torch.manual_seed(0)
-    train_loader, calibration_loader, heldout_loader = supernet_loaders(data, teacher, args.batch_size)
-    heldout = heldout_targets(teacher.model, heldout_loader)
-    calibration = calibration_batches(calibration_loader)
+    data, teacher = gt_data_and_teacher(gt_args)
+    loaders = SupernetData.of(data, teacher, args.batch_size)
 
     gt = ground_truth(Path(args.gt), args.space, args.students)
     specs = [ArchSpec.from_json(s) for s in gt["spec"]]
@@ -124,48 +185,19 @@ def main(argv: list[str] | None = None) -> Path:
     table = gt.copy()
     last_net = None
     for k in (int(x) for x in args.bands.split(",")):
-        cpu0, wall0 = time.process_time(), time.perf_counter()
-        scores = {}
-        for band in space_bands(space, budget, k, data.num_classes):
-            members = [s for s in specs if band.fits(s)]
-            net, largest, smallest = band_supernet(band, include=members, pool=args.pool)
-            run = SupernetRun(band, largest, smallest, recipe)
-            # a fresh run each time, so the CPU-minutes are the whole training's
-            history = train_supernet(net, teacher.model, train_loader, run,
-                                     runs / args.space / f"k{k}" / f"band{band.band.index}", resume=False)
-            for spec in members:
-                scores[spec] = score_subnet(net, band, spec, heldout, calibration)
-            print(f"K={k} {band.band}: {len(members)} GT students, last loss {history[-1]['loss_random']:.3f}",
-                  flush=True)
-            last_net = (net, band)
-        cpu = (time.process_time() - cpu0) / 60
+        scores, cost, last_net = supernet_scores(space, specs, budget, k, recipe, teacher, loaders,
+                                                 runs / args.space / f"k{k}", args.pool, data.num_classes)
         column = f"k{k}_top1"
         table[column] = [scores[s]["top1"] if s in scores else np.nan for s in specs]
         scored = table[column].notna()
         result["supernets"].append({
             "bands": k, "epochs": args.epochs, "scored": int(scored.sum()),
-            "tau": tau(table.loc[scored, column], table.loc[scored, "kd_acc"]),
-            "cpu_minutes": cpu, "wall_minutes": (time.perf_counter() - wall0) / 60})
+            "tau": tau(table.loc[scored, column], table.loc[scored, "kd_acc"]), **cost})
         print(f"K={k}: tau {result['supernets'][-1]['tau']:.3f} over {int(scored.sum())} students, "
-              f"{cpu:.1f} CPU-min (params tau {result['params_tau']:.3f})", flush=True)
+              f"{cost['cpu_minutes']:.1f} CPU-min (params tau {result['params_tau']:.3f})", flush=True)
 
-    # one subnet: distilled from its inherited weights vs from scratch, same epochs and recipe
-    net, band = last_net
-    pick = next(s for s in specs[len(specs) // 2:] if net.contains(s) and band.fits(s))
-    ft = load_recipe("dist" if args.space == "cifar_resnet" else "kd_adamw", epochs=args.finetune_epochs,
-                     batch_size=args.batch_size)
-    compare = {"spec": pick.to_json(), "epochs": args.finetune_epochs}
-    for start in ("inherited", "scratch"):
-        model = space.build(pick, data.num_classes)
-        if start == "inherited":
-            model.load_state_dict(net.inherit(pick, calibration))
-        cpu0 = time.process_time()
-        r = train_student(Student(model, start, pick), teacher, data, ft, runs / args.space / f"finetune_{start}",
-                          device="cpu", seed=0, num_workers=0, progress=False, heldout=0, evaluate_teacher=False)
-        compare[start] = {"test_top1": r.top1, "cpu_minutes": (time.process_time() - cpu0) / 60}
-    result["finetune"] = compare
-    print(f"fine-tune {pick.short()}: inherited {compare['inherited']['test_top1']:.2f}% vs scratch "
-          f"{compare['scratch']['test_top1']:.2f}% after {args.finetune_epochs} epochs", flush=True)
+    result["finetune"] = inherited_vs_scratch(*last_net, specs, space, teacher, data, loaders,
+                                              recipe.with_epochs(args.finetune_epochs), runs / args.space)
     write_csv(out.with_suffix(".csv"), table)
     return write_json(result, out)
 

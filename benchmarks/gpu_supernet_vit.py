@@ -15,7 +15,6 @@ benchmarks/results/gpu_supernet_vit.{json,csv}.
 from __future__ import annotations
 
 import argparse
-import inspect
 import json
 import logging
 import sys
@@ -76,18 +75,9 @@ def trained_teacher(args: argparse.Namespace, data: ImageDataset, device: str, f
     return resolve_teacher(args.teacher, data.num_classes, weights, args.img_size), figures
 
 
-def evaluator_options(device: torch.device) -> dict[str, Any]:
-    """evaluate_bands' `device` and `on_epoch` where it takes them; a GPU run refuses an evaluator without a device
-    (it would train the supernets on the CPU)."""
-    accepted = inspect.signature(evaluate_bands).parameters
-    options = {"device": device, "on_epoch": lambda e: print(f"  supernet epoch {e['epoch']}: loss random "
-                                                             f"{e['loss_random']:.4f} ({e['seconds']:.0f} s)",
-                                                             flush=True)}
-    options = {k: v for k, v in options.items() if k in accepted}
-    if device.type != "cpu" and "device" not in options:
-        raise SystemExit("evaluate_bands takes no `device` here, so its supernets would train on the CPU: run this "
-                         "after the evaluator passes its device to train_supernet and heldout_targets")
-    return options
+def print_epoch(band: int, entry: dict[str, Any]) -> None:
+    print(f"  band {band} supernet epoch {entry['epoch']}: loss random {entry['loss_random']:.4f} "
+          f"({entry['seconds']:.0f} s)", flush=True)
 
 
 def band_winners(frame: pd.DataFrame, bands, runs: Path) -> list[dict[str, Any]]:
@@ -153,7 +143,7 @@ def main(argv: list[str] | None = None) -> Path:
                             pool=args.pool, seed=0)
     recipe = load_recipe(default_recipe("vit"))
     frame = evaluate_bands(space, args.budget, teacher, data, recipe, runs / "supernet", config,
-                           **evaluator_options(device))
+                           device=device, on_epoch=print_epoch)
     seconds["supernets_and_search"] = time.perf_counter() - start
     winners = band_winners(frame, bands, runs / "supernet")
 

@@ -80,3 +80,41 @@ def test_search_with_the_supernet_evaluator_from_the_command_line(capsys, tmp_pa
     argv[argv.index(str(out / "top" / "1.yaml"))] = str(tmp_path / "proxy.yaml")
     assert main(argv) == 2
     assert "names no supernet" in capsys.readouterr().err
+
+
+def test_run_distils_the_supernets_best_from_their_inherited_weights(capsys, caplog, tmp_path, folder, weights):
+    import json
+    import logging
+
+    from autokd.cli import main
+
+    out = tmp_path / "r"
+    argv = ["run", "--teacher", "resnet20_cifar", "--teacher-weights", str(weights), "--data", str(folder),
+            "--budget", "6M", "--space", "cifar_resnet", "--trials", "4", "--population", "4", "--tournament", "2",
+            "--batch-size", "10", "--out", str(out), "--quiet", "--evaluator", "supernet", "--bands", "2",
+            "--supernet-epochs", "1", "--supernet-trials", "2", "--supernet-batch-size", "16",
+            "--supernet-pool", "20", "--train-top", "2", "--epochs", "1", "--train-batch-size", "16", "--no-kb"]
+    with caplog.at_level(logging.INFO, logger="autokd"):
+        assert main([*argv, "--inherit"]) == 0, capsys.readouterr().err
+    trained = pd.read_csv(out / "trained.csv")
+    board = pd.read_csv(out / "supernet.csv")
+    assert "heldout_top1" in trained.columns and (trained["status"] == "done").all()
+    # the two trained students are the supernet's two best, in its order
+    assert trained.sort_values("proxy_rank")["heldout_top1"].tolist() == board["heldout_top1"].head(2).tolist()
+    assert sum("inherited weights" in r.getMessage() for r in caplog.records) == 2
+    # the study records each supernet's epochs, for the dashboard
+    import optuna
+
+    attrs = optuna.load_study(study_name=None, storage=f"sqlite:///{out}/autokd.db").user_attrs
+    assert {k for k in attrs if k.startswith("supernet/")} == {"supernet/cifar_resnet/band0",
+                                                              "supernet/cifar_resnet/band1"}
+    assert attrs["supernet/cifar_resnet/band0"]["epoch"] == 1
+    marker = json.loads((out / "train" / "1" / "candidate.json").read_text())
+    assert marker["evaluator"] == "supernet" and marker["inherit"] is True
+    # the same command reuses both trainings; without --inherit the folders are another run's and refused
+    assert main([*argv, "--inherit"]) == 0
+    assert "2 finished training(s) reused" in capsys.readouterr().out
+    assert main(argv) == 2
+    assert "--inherit" in capsys.readouterr().err
+    # --inherit needs the supernet evaluator
+    assert main([a for a in argv if a not in ("--evaluator", "supernet")] + ["--inherit"]) == 2

@@ -151,37 +151,25 @@ def _refine(args: argparse.Namespace, result, console) -> None:
                   f"train images; study {result.study.study_name}-refine)")
 
 
+def supernet_config(args: argparse.Namespace):
+    """The supernet evaluator's settings from --bands and --supernet-* (`autokd search` and `autokd run`)."""
+    from autokd.supernet.evaluate import SupernetConfig
+
+    return SupernetConfig(bands=args.bands, epochs=args.supernet_epochs, trials=args.supernet_trials,
+                          batch_size=args.supernet_batch_size, pool=args.supernet_pool,
+                          images=args.supernet_images or None, seed=args.seed or 0)
+
+
 def _supernet(args: argparse.Namespace, result, console) -> None:
     """`--evaluator supernet`: K band supernets per space, trained and searched; OUT/supernet.csv, top/*.yaml."""
     import time
 
-    import pandas as pd
-
     from autokd.cost import format_macs
-    from autokd.io import write_csv
-    from autokd.recipes import default_recipe
-    from autokd.spaces import ArchSpec
-    from autokd.supernet.evaluate import SupernetConfig, evaluate_bands, write_supernet_top
+    from autokd.pipeline import supernet_stage
 
-    ctx = result.context
-    if result.out is None or ctx.data is None:
-        raise AutokdError("--evaluator supernet trains supernets on your images under the search folder: give "
-                          "--data and --out")
-    config = SupernetConfig(bands=args.bands, epochs=args.supernet_epochs, trials=args.supernet_trials,
-                            batch_size=args.supernet_batch_size, pool=args.supernet_pool,
-                            images=args.supernet_images or None, seed=args.seed or 0)
-    start, frames = time.perf_counter(), []
-    for name, space in ctx.spaces.items():
-        recipe = recipe_from(argparse.Namespace(epochs=None, batch_size=None, lr=None), default_recipe(name))
-        frame = evaluate_bands(space, ctx.budget.macs, ctx.teacher, ctx.data, recipe,
-                               result.out / "supernet" / name, config)
-        frames.append(frame.assign(space=name))
-    frame = pd.concat(frames, ignore_index=True)
-    frame.insert(3, "arch", [ArchSpec.from_json(s).short() for s in frame["spec_json"]])
-    write_csv(result.out / "supernet.csv", frame)
-    meta = {k: v for k, v in ctx.study_attrs().items() if k not in ("study", "storage")}
-    write_supernet_top(frame, result.out / "top", meta, args.top_k)
-    best = frame.sort_values(["band", "band_rank"]).groupby("band").head(1)
+    start = time.perf_counter()
+    frame = supernet_stage(result, supernet_config(args), args.top_k)
+    best = frame.sort_values(["band", "band_rank"]).groupby(["space", "band"]).head(1)
     console.print(best.assign(MACs=best["macs"].map(format_macs))[
         ["band", "band_range", "arch", "MACs", "params", "heldout_top1", "kd_loss"]].to_string(index=False))
     console.print(f"supernet ({args.bands} band(s), {args.supernet_epochs} epoch(s), {args.supernet_trials} "

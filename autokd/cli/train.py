@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from autokd.cli.common import add_kb_args, add_recipe_args, int_in, recipe_from, run_folder
-from autokd.cli.search import add_search_args, search_config
+from autokd.cli.search import add_search_args, add_supernet_args, search_config, supernet_config
 from autokd.errors import AutokdError
 from autokd.io import check_writable_dir
 
@@ -161,6 +161,9 @@ def _print_result(result, out: Path) -> None:
 
 def add_run_args(p: argparse.ArgumentParser) -> None:
     add_search_args(p)
+    add_supernet_args(p)
+    p.add_argument("--inherit", action="store_true",
+                   help="with --evaluator supernet: start each student from its supernet weights")
     p.add_argument("--train-top", type=int, default=3, help="distil this many distinct top candidates (default 3)")
     add_recipe_args(p)
     add_kb_args(p)
@@ -185,14 +188,15 @@ def cmd_run(args: argparse.Namespace) -> int:
         search_config(args), args.out, train_top=args.train_top, recipe=args.recipe, epochs=args.epochs,
         batch_size=args.train_batch_size, lr=args.lr, baseline=args.baseline, teacher_cache=args.teacher_cache,
         num_workers=args.loader_workers, compile=args.compile, top_k=args.top_k, progress=not args.quiet,
-        kb=args.kb, add_to_kb=not args.no_kb,
+        kb=args.kb, add_to_kb=not args.no_kb, inherit=args.inherit,
+        supernet=supernet_config(args) if args.evaluator == "supernet" else None,
     )
     console = Console(soft_wrap=True, width=None if sys.stdout.isatty() else 160)
     study = result.search.study
     console.print(f"study [bold]{study.study_name}[/] in {masked_url(result.search.storage_url)}: "
                   f"{len(study.trials)} trials; "
                   f"{len(result.skipped)} finished training(s) reused; {result.seconds:.1f} s")
-    console.print(trained_table(result.trained, result.search.context.config.objective, format_macs))
+    console.print(trained_table(result.trained, result.ranked_by, format_macs))
     out = result.out
     if not result.complete:
         print("autokd: a training was stopped; run the same command again to resume", file=sys.stderr)

@@ -8,8 +8,10 @@ weights to `autokd train --inherit`.
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -20,7 +22,7 @@ from torch.utils.data import DataLoader
 from autokd.data import ImageDataset, subset_data
 from autokd.data.split import HELDOUT_FRACTION, SPLIT_SEED, split_indices
 from autokd.errors import AutokdError
-from autokd.io import write_yaml
+from autokd.io import write_csv, write_yaml
 from autokd.recipes import Recipe
 from autokd.spaces import ArchSpec
 from autokd.spaces.base import SearchSpace
@@ -75,9 +77,11 @@ def supernet_loaders(data: ImageDataset, teacher: Teacher, batch_size: int, seed
 
 
 def evaluate_bands(space: SearchSpace, budget_macs: int, teacher: Teacher, data: ImageDataset, recipe: Recipe,
-                   out: str | Path, config: SupernetConfig) -> pd.DataFrame:
-    """Train one supernet per band (resumable) and search each band; one row per scored subnet, best first
-    within each band: band, band_rank, spec_json, arch, macs, params, heldout_top1, kd_loss, supernet, seconds."""
+                   out: str | Path, config: SupernetConfig, *, device: str | torch.device = "cpu",
+                   on_epoch: Callable[[int, dict], None] | None = None) -> pd.DataFrame:
+    """Train one supernet per band (resumable) on `device` and search each band; one row per scored subnet, best
+    first within each band: band, band_rank, spec_json, arch, macs, params, heldout_top1, kd_loss, supernet,
+    seconds. `on_epoch(band, entry)` gets each epoch's history entry (for the study's progress)."""
     config.check()
     if not teacher.pretrained:
         raise AutokdError("the supernet is distilled from the teacher: give the teacher's trained weights "
@@ -89,7 +93,7 @@ def evaluate_bands(space: SearchSpace, budget_macs: int, teacher: Teacher, data:
     recipe = recipe.with_epochs(config.epochs).replace(batch_size=config.batch_size)
     train_loader, calibration_loader, heldout_loader = supernet_loaders(data, teacher, config.batch_size,
                                                                         config.seed)
-    heldout = heldout_targets(teacher.model, heldout_loader)
+    heldout = heldout_targets(teacher.model, heldout_loader, device)
     calibration = calibration_batches(calibration_loader)  # the same images on every call: scores repeat
     rows = []
     for band in space_bands(space, budget_macs, config.bands, data.num_classes):
@@ -97,7 +101,8 @@ def evaluate_bands(space: SearchSpace, budget_macs: int, teacher: Teacher, data:
         net, largest, smallest = band_supernet(band, pool=config.pool, seed=config.seed)
         folder = out / f"band{band.band.index}"
         run = SupernetRun(band, largest, smallest, recipe, seed=config.seed)
-        train_supernet(net, teacher.model, train_loader, run, folder)
+        report = None if on_epoch is None else functools.partial(on_epoch, band.band.index)
+        train_supernet(net, teacher.model, train_loader, run, folder, device=device, on_epoch=report)
         scored = search_band(net, band, heldout, calibration, trials=config.trials, metric=config.metric,
                              seed=config.seed)
         seconds = time.perf_counter() - start
@@ -112,6 +117,26 @@ def evaluate_bands(space: SearchSpace, budget_macs: int, teacher: Teacher, data:
     if frame.empty:
         raise AutokdError(f"no subnet of {space.name} under {budget_macs} MACs could be scored")
     return frame.reset_index(drop=True)
+
+
+def evaluate_spaces(spaces: Mapping[str, SearchSpace], budget_macs: int, teacher: Teacher, data: ImageDataset,
+                    recipes: Mapping[str, Recipe], out: str | Path, config: SupernetConfig, meta: dict,
+                    top_k: int, *, device: str | torch.device = "cpu",
+                    on_epoch: Callable[[str, int, dict], None] | None = None) -> pd.DataFrame:
+    """`evaluate_bands` for every space (its supernets under out/supernet/<space>), one table best first (held-out
+    top-1, then KD loss) with a `rank` column; writes out/supernet.csv and out/top/<rank>.yaml.
+    `on_epoch(space, band, entry)` gets each supernet epoch."""
+    out = Path(out)
+    frames = [evaluate_bands(space, budget_macs, teacher, data, recipes[name], out / "supernet" / name, config,
+                             device=device, on_epoch=None if on_epoch is None else functools.partial(on_epoch, name))
+              .assign(space=name) for name, space in spaces.items()]
+    frame = pd.concat(frames, ignore_index=True).sort_values(["heldout_top1", "kd_loss"], ascending=[False, True],
+                                                             kind="stable").reset_index(drop=True)
+    frame.insert(0, "rank", range(1, len(frame) + 1))
+    frame.insert(4, "arch", [ArchSpec.from_json(s).short() for s in frame["spec_json"]])
+    write_csv(out / "supernet.csv", frame)
+    write_supernet_top(frame, out / "top", meta, top_k)
+    return frame
 
 
 def write_supernet_top(frame: pd.DataFrame, folder: Path, meta: dict, top_k: int) -> list[Path]:

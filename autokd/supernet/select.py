@@ -68,7 +68,7 @@ def score_subnet(supernet: Supernet, band: BandSpace, spec: ArchSpec, heldout: S
     """Held-out top-1 (%) and KL to the teacher (T = 1) of `spec` with inherited weights; refuses a spec over
     the budget or outside the band (exact count)."""
     macs = band.refuse_over_budget(supernet.check(spec))
-    model = supernet.extract(spec, calibration)
+    model = supernet.extract(spec, calibration).to(heldout[0][0].device if heldout else "cpu")
     if calibration is None and any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules()):
         raise AutokdError(f"{spec.short()} has BatchNorm, whose statistics must be recalibrated for each subnet: "
                           "give calibration batches of training images (calibration_batches(loader))")

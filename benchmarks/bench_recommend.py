@@ -3,7 +3,8 @@
 For every task of the KB (benchmarks/results/recipe_kb.csv by default), a meta-model fitted on the other tasks
 ranks the recipes run on each of its (task, pair) units; the table gives the true gain of the top-1 and of the best
 of the top 5, the unit's best gain, the gain of the recipe best on average over the other tasks, and of today's
-default rule (DIST for CNN students, KD with AdamW for ViTs), with each one's regret. Prints the table, writes
+default rule (DIST for CNN students, KD with AdamW for ViTs) and chance (a random recipe; the best of 5 random),
+with each one's regret. Prints the table, writes
 benchmarks/results/recommend_loto.{csv,json}.
 
     python benchmarks/bench_recommend.py [--kb PATH] [--runs-only]
@@ -38,8 +39,8 @@ def main() -> None:
         raise SystemExit(f"{args.kb}: no task with at least 2 recipes to hold out; build the KB first")
     summary = loto_summary(frame)
     shown = ["task", "student_family", "recipes", "best_recipe", "best_gain", "top1_recipe", "top1_gain",
-             f"top{args.top}_gain", "fixed_recipe", "fixed_gain", "default_gain", "top1_regret",
-             f"top{args.top}_regret", "fixed_regret", "default_regret"]
+             f"top{args.top}_gain", "fixed_recipe", "fixed_gain", "default_gain", "random1_gain",
+             f"random{args.top}_gain", "top1_regret", f"top{args.top}_regret", "fixed_regret", "default_regret"]
     print(frame[shown].to_string(index=False, float_format="{:.2f}".format))
     print("mean: " + ", ".join(f"{k} {v:.2f}" for k, v in summary.items() if k != "units") +
           f" over {summary['units']} (task, pair) units")

@@ -33,6 +33,7 @@ from common import RESULTS_DIR  # noqa: E402
 from autokd.data import ImageDataset, load_data, stratified_subset  # noqa: E402
 from autokd.data.datasets import LabeledImages  # noqa: E402
 from autokd.data.split import SubsetImages  # noqa: E402
+from autokd.errors import AutokdError  # noqa: E402
 from autokd.recipes import Recipe, default_recipe  # noqa: E402
 from autokd.recipes.kb import (  # noqa: E402
     PAIR_COLUMNS,
@@ -141,23 +142,39 @@ def teacher_for(task: Task, data: ImageDataset, runs: Path, args: argparse.Names
 
 
 def train_one(spec: ArchSpec, teacher, data: ImageDataset, recipe: Recipe, folder: Path, seed: int,
-              args: argparse.Namespace, img_size: int) -> float:
-    """Test top-1 of the student trained with `recipe` (no teacher for a no-KD recipe); reuses a finished run."""
+              args: argparse.Namespace, img_size: int) -> tuple[float, str]:
+    """Test top-1 of the student trained with `recipe` (no teacher for a no-KD recipe) and the run's status;
+    reuses a finished run. A run whose loss became NaN/inf is 'diverged', at a constant prediction's accuracy
+    on the stratified test split (100 / classes)."""
     if (folder / "results.json").is_file() and TrainResult.load(folder / "results.json").stopped is None:
-        return TrainResult.load(folder / "results.json").top1
+        return TrainResult.load(folder / "results.json").top1, "done"
+    diverged = (100.0 / data.num_classes, "diverged")
+    if (folder / "diverged.txt").is_file():
+        return diverged
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         student = build_from_spec(spec, data.num_classes, img_size)
-    result = train_student(student, teacher if recipe.needs_teacher else None, data, recipe, folder,
-                           device=args.device, resume=(folder / "last.pt").is_file(), seed=seed, progress=False,
-                           inputs=Inputs.of(teacher), evaluate_teacher=False)
+    try:
+        result = train_student(student, teacher if recipe.needs_teacher else None, data, recipe, folder,
+                               device=args.device, resume=(folder / "last.pt").is_file(), seed=seed,
+                               progress=False, inputs=Inputs.of(teacher), evaluate_teacher=False)
+    except AutokdError as err:
+        if "NaN or inf" not in str(err):
+            raise
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "diverged.txt").write_text(f"{err}\n")
+        return diverged
     if result.stopped is not None:
         raise SystemExit(f"stopped ({result.stopped}): run the same command again to resume")
-    return result.top1
+    return result.top1, "done"
 
 
 def schedule(recipe: Recipe, args: argparse.Namespace) -> Recipe:
-    return recipe.with_epochs(args.epochs).replace(batch_size=args.batch_size)
+    """The recipe at the build's epochs and batch; with `--teacher-cache`, the teacher's outputs come from the
+    cache wherever the recipe allows it (no mixup/cutmix, no feature loss), shared by every run of a task."""
+    recipe = recipe.with_epochs(args.epochs).replace(batch_size=args.batch_size)
+    cacheable = recipe.mixup == 0 and recipe.cutmix == 0 and recipe.feature_loss is None
+    return recipe.replace(teacher_cache=True) if args.teacher_cache and cacheable and recipe.needs_teacher else recipe
 
 
 def build(args: argparse.Namespace) -> None:
@@ -176,21 +193,22 @@ def build(args: argparse.Namespace) -> None:
             profile = task_profile(teacher, probe, family, data, task.img_size, device=args.device)
             pair = {k: profile[k] for k in PAIR_COLUMNS}
             for seed in range(args.seeds):
-                todo = {rid: r for rid, r in grid.items() if row_key(task.name, pair, r.to_json(), seed) not in done}
+                todo = {rid: r for rid, r in grid.items()
+                        if row_key(task.name, pair, recipe_columns(r, rid, rid)["recipe_json"], seed) not in done}
                 if not todo:
                     continue
                 base = schedule(no_kd(Recipe.load(default_recipe(family))), args)
                 folder = runs / task.name / pair_name / str(seed)
-                no_kd_acc = train_one(spec, teacher, data, base, folder / "no_kd", seed, args, task.img_size)
+                no_kd_acc, _ = train_one(spec, teacher, data, base, folder / "no_kd", seed, args, task.img_size)
                 for rid, recipe in todo.items():
                     start = time.perf_counter()
-                    acc = train_one(spec, teacher, data, recipe, folder / rid.replace(":", "_"), seed, args,
-                                    task.img_size)
+                    acc, status = train_one(spec, teacher, data, recipe, folder / rid.replace(":", "_"), seed,
+                                            args, task.img_size)
                     row = make_row(task.name, profile, pair, recipe_columns(recipe, rid, rid.split(":")[0]), acc,
-                                   no_kd_acc, seed)
+                                   no_kd_acc, seed, status=status)
                     append_rows(out, [row])
                     done.add(row["key"])
-                    print(f"{task.name} {pair_name} seed {seed} {rid}: {acc:.2f} (no KD {no_kd_acc:.2f}), "
+                    print(f"{task.name} {pair_name} seed {seed} {rid}: {acc:.2f} {status} (no KD {no_kd_acc:.2f}), "
                           f"{time.perf_counter() - start:.0f} s", flush=True)
     if args.published:
         print(f"published rows added: {append_rows(out, published_rows())}")
@@ -241,6 +259,9 @@ def main() -> None:
     p.add_argument("--finetune-epochs", type=int, default=5)
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--seeds", type=int, default=1)
+    p.add_argument("--teacher-cache", action="store_true",
+                   help="teacher outputs from autokd's teacher cache (top-k fp16 probabilities), computed once per "
+                        "task and view for every recipe that allows it; the rows do not depend on it")
     p.add_argument("--published", action="store_true", help="add the published CIFAR-100 rows (source=published)")
     p.add_argument("--device", default="auto")
     p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's; --small: 1)")

@@ -4,7 +4,7 @@ import pytest
 
 from autokd.errors import AutokdError
 from autokd.recipes.kb import COLUMNS, append_rows, make_row, pair_columns, read_kb, recipe_columns
-from autokd.recipes.loto import leave_one_task_out, loto_summary
+from autokd.recipes.loto import expected_best_of_random, leave_one_task_out, loto_summary
 from autokd.recipes.meta_model import MetaModel
 from autokd.recipes.recommend import candidate_grid, grid_frame, recommend
 
@@ -62,10 +62,22 @@ def test_leave_one_task_out_regret_matches_a_hand_computation():
     assert frame["top1_regret"].tolist() == [2, 4, 5]
     assert frame["top2_regret"].tolist() == [1, 2, 4]
     assert frame["default_regret"].tolist() == [1, 0, 5]
+    # chance: a random recipe gains the unit's mean; the best of 2 random of 3 misses only the best pair's worst
+    assert frame["random1_gain"].tolist() == pytest.approx([2, 2, 2])
+    assert frame["random2_gain"].tolist() == pytest.approx([(3 + 3 + 2) / 3, (4 + 4 + 2) / 3, (5 + 5 + 1) / 3])
     summary = loto_summary(frame.reset_index())
     assert summary["top1_regret"] == pytest.approx(11 / 3) and summary["top2_regret"] == pytest.approx(7 / 3)
     assert summary["default_regret"] == pytest.approx(2.0) and summary["units"] == 3
     assert summary["top1_at_least_default"] == pytest.approx(1 / 3)
+
+
+def test_expected_best_of_random_recipes_is_exact():
+    import itertools
+
+    gains = [0.5, -1.0, 2.0, 0.0, 1.5]
+    for k in (1, 2, 3, 5):
+        brute = np.mean([max(c) for c in itertools.combinations(gains, k)])
+        assert expected_best_of_random(gains, k) == pytest.approx(brute)
 
 
 def kb_rows(tasks=("t1", "t2", "t3"), student_family="cifar_resnet"):

@@ -37,7 +37,9 @@ PAIR_COLUMNS = ("teacher_family", "student_family", "pair_kind", "teacher_macs",
 RECIPE_COLUMNS = ("recipe_id", "preset", "loss", "temperature", "ce_weight", "kd_weight", "feature_loss",
                   "feature_weight", "logit_standardize", "label_smoothing", "augmentation", "mixup", "cutmix",
                   "optimizer", "lr", "epochs", "recipe_json")
-OUTCOME_COLUMNS = ("student_acc", "no_kd_acc", "gain")
+OUTCOME_COLUMNS = ("student_acc", "no_kd_acc", "gain", "status")
+#: a finished run, or one whose loss became NaN/inf (its accuracy is a constant prediction's: 100 / classes)
+STATUSES = ("done", "diverged")
 PROVENANCE_COLUMNS = ("task", "seed", "source", "autokd_version", "torch_version", "created", "key")
 COLUMNS = TASK_COLUMNS + PAIR_COLUMNS + RECIPE_COLUMNS + OUTCOME_COLUMNS + PROVENANCE_COLUMNS
 #: numeric features the meta-model reads for a task and a pair, and the recipe knobs it reads
@@ -72,7 +74,7 @@ def recipe_columns(recipe: Recipe, recipe_id: str, preset: str) -> dict[str, Any
         "feature_weight": recipe.feature_weight, "logit_standardize": bool(recipe.logit_standardize),
         "label_smoothing": recipe.label_smoothing, "augmentation": recipe.augmentation, "mixup": recipe.mixup,
         "cutmix": recipe.cutmix, "optimizer": recipe.optimizer, "lr": recipe.lr, "epochs": recipe.epochs,
-        "recipe_json": recipe.to_json(),
+        "recipe_json": recipe.replace(teacher_cache=False).to_json(),  # how the teacher ran is no knob
     }
 
 
@@ -86,7 +88,8 @@ def pair_columns(teacher_family: str, student_family: str, teacher_macs: int, st
 
 
 def make_row(task: str, task_features: dict[str, Any], pair: dict[str, Any], recipe: dict[str, Any],
-             student_acc: float, no_kd_acc: float | None, seed: int, source: str = "run") -> dict[str, Any]:
+             student_acc: float, no_kd_acc: float | None, seed: int, source: str = "run",
+             status: str = "done") -> dict[str, Any]:
     """One complete KB row; `key` identifies the run (task, pair, recipe, seed), so an append never doubles it."""
     import torch
 
@@ -94,11 +97,13 @@ def make_row(task: str, task_features: dict[str, Any], pair: dict[str, Any], rec
 
     if source not in SOURCES:
         raise AutokdError(f"unknown KB source {source!r}: use {' or '.join(SOURCES)}")
+    if status not in STATUSES:
+        raise AutokdError(f"unknown KB run status {status!r}: use {' or '.join(STATUSES)}")
     no_kd = float("nan") if no_kd_acc is None else float(no_kd_acc)
     key = row_key(task, pair, recipe["recipe_json"], seed, source)
     row = {**{c: task_features.get(c, float("nan")) for c in TASK_COLUMNS}, **pair, **recipe,
            "student_acc": float(student_acc), "no_kd_acc": no_kd, "gain": float(student_acc) - no_kd,
-           "task": task, "seed": seed, "source": source, "autokd_version": autokd.__version__,
+           "status": status, "task": task, "seed": seed, "source": source, "autokd_version": autokd.__version__,
            "torch_version": torch.__version__, "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
            "key": key}
     return {c: row[c] for c in COLUMNS}
@@ -148,6 +153,8 @@ def read_kb(path: str | Path, *, missing_ok: bool = False) -> pd.DataFrame:
         reason = str(err).splitlines()[0] if str(err) else type(err).__name__
         raise AutokdError(f"knowledge base {str(path)!r} is not a CSV table ({reason}): give a KB written by "
                           "autokd") from None
+    if "status" not in frame.columns:  # written before the column existed: it held finished runs only
+        frame["status"] = "done"
     missing = [c for c in COLUMNS if c not in frame.columns]
     if missing:
         raise AutokdError(f"knowledge base {str(path)!r} lacks column(s) {', '.join(missing[:6])}"

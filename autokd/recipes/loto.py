@@ -3,19 +3,29 @@
 For each task, the meta-model is fitted on the other tasks' rows; for each (task, pair) of the held-out task it
 ranks the recipes that were run there, and the truth is their mean gain over seeds. Reported per (task, pair):
 the gain of the top-1, the best gain among the top-k (AutoDistiller runs the top 5), the best recipe's gain, the
-gain of the recipe best on average over the training tasks, and of the default rule; each regret is the best
-gain minus that gain.
+gain of the recipe best on average over the training tasks, of the default rule, and the expected gain of a
+recipe (and of the best of k recipes) drawn at random, the chance level; each regret is the best gain minus
+that gain.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from math import comb
 
 import pandas as pd
 
 from autokd.recipes.kb import RECIPE_FEATURES, TASK_FEATURES
 from autokd.recipes.meta_model import MetaModel
 from autokd.recipes.recipe import default_recipe
+
+
+def expected_best_of_random(gains: Sequence[float], k: int) -> float:
+    """The expected best gain of k recipes drawn at random without replacement from `gains` (exact): the
+    chance-level counterpart of the meta-model's best of its top k."""
+    values = sorted(gains, reverse=True)
+    n, k = len(values), min(k, len(values))
+    return float(sum(g * comb(n - i, k - 1) for i, g in enumerate(values, 1)) / comb(n, k))
 
 
 def kb_default(unit: pd.DataFrame) -> str:
@@ -55,6 +65,8 @@ def leave_one_task_out(table: pd.DataFrame, *, top: int = 5, task_column: str = 
             row.update({"recipes": len(truth), "best_recipe": truth.idxmax(), "best_gain": best,
                         "top1_recipe": ranked[0], "top1_gain": truth[ranked[0]],
                         f"top{top}_gain": truth[ranked[:top]].max(),
+                        "random1_gain": float(truth.mean()),
+                        f"random{top}_gain": expected_best_of_random(truth.tolist(), top),
                         "fixed_recipe": fixed.idxmax() if len(fixed) else None,
                         "fixed_gain": truth[fixed.idxmax()] if len(fixed) else float("nan")})
             if default is not None:
@@ -62,7 +74,8 @@ def leave_one_task_out(table: pd.DataFrame, *, top: int = 5, task_column: str = 
                 row.update({"default_recipe": name, "default_gain": truth.get(name, float("nan"))})
             rows.append(row)
     frame = pd.DataFrame(rows)
-    for what in ("top1", f"top{top}", "fixed", *(("default",) if default is not None else ())):
+    for what in ("top1", f"top{top}", "random1", f"random{top}", "fixed",
+                 *(("default",) if default is not None else ())):
         if len(frame):
             frame[f"{what}_regret"] = frame["best_gain"] - frame[f"{what}_gain"]
     return frame

@@ -52,3 +52,45 @@ def test_small_build_writes_keyed_rows_and_a_rerun_trains_nothing(shared_data, t
     again = subprocess.run(argv, capture_output=True, text=True, timeout=300)
     assert again.returncode == 0 and "c10-small" not in again.stdout  # every row is there: nothing trained
     assert len(read_kb(out)) == 2
+
+
+def test_a_diverged_run_is_a_row_at_a_constant_predictions_accuracy_and_is_not_run_again(tmp_path, monkeypatch):
+    import argparse
+    from types import SimpleNamespace
+
+    from autokd.errors import AutokdError
+    from autokd.recipes import Recipe
+
+    calls = []
+
+    def diverge(*args, **kwargs):
+        calls.append(1)
+        raise AutokdError("student: the loss became NaN or inf in epoch 1 (by step 3)")
+
+    monkeypatch.setattr(build, "train_student", diverge)
+    data = SimpleNamespace(num_classes=4)
+    teacher = SimpleNamespace(img_size=32, mean=(0.5,) * 3, std=(0.5,) * 3, crop_pct=1.0, interpolation="bilinear")
+    args = argparse.Namespace(device="cpu")
+    spec = build.PAIRS["r56-r8"][1]
+    for _ in range(2):
+        assert build.train_one(spec, teacher, data, Recipe.load("dkd"), tmp_path / "dkd", 0, args, 32) == (
+            25.0, "diverged")
+    assert len(calls) == 1 and "NaN" in (tmp_path / "dkd" / "diverged.txt").read_text()
+    monkeypatch.setattr(build, "train_student", lambda *a, **k: (_ for _ in ()).throw(AutokdError("disk full")))
+    with pytest.raises(AutokdError, match="disk full"):  # any other failure still stops the build
+        build.train_one(spec, teacher, data, Recipe.load("dkd"), tmp_path / "other", 0, args, 32)
+
+
+def test_the_teacher_cache_is_used_where_the_recipe_allows_it_and_leaves_the_row_unchanged():
+    import argparse
+
+    from autokd.recipes import Recipe
+    from autokd.recipes.kb import recipe_columns
+
+    args = argparse.Namespace(epochs=3, batch_size=64, teacher_cache=True)
+    assert build.schedule(Recipe.load("dist"), args).teacher_cache
+    assert not build.schedule(Recipe.load("kd_adamw"), args).teacher_cache  # mixup: a mixed view has no cache key
+    assert not build.schedule(Recipe.load("fitnet"), args).teacher_cache  # feature loss: live teacher features
+    cached = build.schedule(Recipe.load("dist"), args)
+    live = build.schedule(Recipe.load("dist"), argparse.Namespace(epochs=3, batch_size=64, teacher_cache=False))
+    assert recipe_columns(cached, "dist", "dist") == recipe_columns(live, "dist", "dist")

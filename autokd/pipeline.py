@@ -35,8 +35,6 @@ from autokd.train import Student, TrainResult, student_from_trial, student_from_
 
 log = logging.getLogger("autokd")
 
-REPORT_START, REPORT_END = "<!-- autokd run: trained -->", "<!-- /autokd run: trained -->"
-
 
 @dataclass
 class RunResult:
@@ -75,8 +73,11 @@ def supernet_stage(search: SearchResult, config: SupernetConfig, top_k: int) -> 
     def progress(space: str, band: int, entry: dict) -> None:  # the dashboard shows each supernet's epochs
         search.study.set_user_attr(f"supernet/{space}/band{band}", entry)
 
-    return evaluate_spaces(ctx.spaces, ctx.budget.macs, ctx.teacher, ctx.data, recipes, search.out, config, meta,
-                           top_k, device=ctx.evaluator.device, on_epoch=progress)
+    start = time.perf_counter()
+    frame = evaluate_spaces(ctx.spaces, ctx.budget.macs, ctx.teacher, ctx.data, recipes, search.out, config, meta,
+                            top_k, device=ctx.evaluator.device, on_epoch=progress)
+    supernet_report(search.out / "report.html", frame, config, time.perf_counter() - start)
+    return frame
 
 
 def run_pipeline(
@@ -253,7 +254,7 @@ def _check_folder(folder: Path, trial: int, spec_json: str, recipe: Recipe, orig
     if marker.is_file():
         have = json.loads(marker.read_text())
         if have != want:
-            what = "student" if have.get("spec") != want["spec"] else "recipe, epochs or --inherit"
+            what = "student" if have.get("spec") != want["spec"] else "recipe or epochs (or --inherit)"
             raise AutokdError(f"{str(folder)!r} holds a training of another {what} (the search or the options "
                               "changed since): give a new --out, or the original options")
     else:
@@ -296,12 +297,31 @@ def append_report(path: Path, trained: pd.DataFrame, objective: str) -> None:
     agreement = ""
     if len(done) >= 2:
         tau = done["proxy_rank"].corr(done["top1"].rank(ascending=False), method="kendall")
-        agreement = f"<p>Kendall tau between the proxy ranking and the trained ranking: {tau:.3f}</p>"
-    section = (f"{REPORT_START}<h2>Trained students</h2><p>proxy rank by {html.escape(objective)}; trained rank by "
-               f"top-1 (1 = best)</p>{table}{agreement}{REPORT_END}")
+        agreement = f"<p>Kendall tau between the search ranking and the trained ranking: {tau:.3f}</p>"
+    section = (f"<h2>Trained students</h2><p>search rank by {html.escape(objective)}; trained rank by top-1 "
+               f"(1 = best)</p>{table}{agreement}")
+    put_section(path, "trained", section)
+
+
+def supernet_report(path: Path, frame: pd.DataFrame, config: SupernetConfig, seconds: float) -> None:
+    """Add (or replace) the 'supernet evaluator' section of report.html: what ranked the candidates, its cost,
+    and each band's best subnets."""
+    best = frame.sort_values(["space", "band", "band_rank"]).groupby(["space", "band"]).head(3)
+    columns = ["space", "band_range", "band_rank", "arch", "macs", "params", "heldout_top1", "kd_loss"]
+    section = (f"<h2>Supernet evaluator</h2><p>ranked by held-out top-1 with inherited weights: {config.bands} "
+               f"band(s), {config.epochs} supernet epoch(s), {config.trials} subnets scored per band, "
+               f"{len(frame)} scored in all, {seconds:.0f} s</p>"
+               f"{best[columns].to_html(index=False, float_format='{:.4g}'.format)}")
+    put_section(path, "supernet", section)
+
+
+def put_section(path: Path, name: str, section: str) -> None:
+    """Put `section` in report.html between its markers (replacing an earlier one), before the leaderboard."""
+    start, end = f"<!-- autokd: {name} -->", f"<!-- /autokd: {name} -->"
     text = path.read_text() if path.is_file() else "<!doctype html><html><body></body></html>"
-    if REPORT_START in text:
-        text = text[: text.index(REPORT_START)] + text[text.index(REPORT_END) + len(REPORT_END):]
+    if start in text:
+        text = text[: text.index(start)] + text[text.index(end) + len(end):]
+    section = start + section + end
     if "<h2>Leaderboard</h2>" in text:  # trained results first: they are the answer
         text = text.replace("<h2>Leaderboard</h2>", section + "<h2>Leaderboard</h2>", 1)
     else:

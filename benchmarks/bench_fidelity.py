@@ -31,14 +31,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_proxy_quality import add_combinations, bootstrap_ci, kendall_tau, rescore, top_pick_rank  # noqa: E402
 from bench_refine import refine_ranking  # noqa: E402
 from bench_supernet_fidelity import (  # noqa: E402
-    GT,
     SupernetData,
+    add_gt_args,
     ground_truth,
     gt_data_and_teacher,
     inherited_vs_scratch,
     supernet_scores,
 )
-from build_ground_truth import DEFAULT_DATA, DEFAULT_WEIGHTS, IMG_SIZE  # noqa: E402
+from build_ground_truth import IMG_SIZE  # noqa: E402
 from common import RESULTS_DIR, machine, print_table, write_json  # noqa: E402
 
 from autokd.data import load_data  # noqa: E402
@@ -109,14 +109,7 @@ def report(result: dict) -> None:
 
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--gt", default=str(GT))
-    p.add_argument("--space", default="cifar_resnet")
-    p.add_argument("--data", default=str(DEFAULT_DATA))
-    p.add_argument("--teacher", default="resnet56_cifar")
-    p.add_argument("--teacher-weights", default=str(DEFAULT_WEIGHTS) if DEFAULT_WEIGHTS.exists() else None)
-    p.add_argument("--finetune-teacher", type=int, default=2, help="teacher fine-tuning epochs (as the GT)")
-    p.add_argument("--subset", type=int, default=4000, help="the GT's train images (the supernets train on them)")
-    p.add_argument("--test-subset", type=int, default=2000)
+    add_gt_args(p)
     p.add_argument("--students", type=int, default=24, help="at most this many GT students (spread by MACs)")
     p.add_argument("--refine", type=pairs, default="1000x2,2000x3,4000x3", help="IMAGESxEPOCHS settings")
     p.add_argument("--eta", type=int, default=3)

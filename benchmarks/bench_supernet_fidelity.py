@@ -133,16 +133,21 @@ def inherited_vs_scratch(net, band, specs: list[ArchSpec], space: SearchSpace, t
     return compare
 
 
-def main(argv: list[str] | None = None) -> Path:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def add_gt_args(p: argparse.ArgumentParser) -> None:
+    """The ground truth, its space, data, teacher and subsets: what these benchmarks take from build_ground_truth."""
     p.add_argument("--gt", default=str(GT))
     p.add_argument("--space", default="cifar_resnet")
     p.add_argument("--data", default=str(DEFAULT_DATA))
     p.add_argument("--teacher", default="resnet56_cifar")
     p.add_argument("--teacher-weights", default=str(DEFAULT_WEIGHTS) if DEFAULT_WEIGHTS.exists() else None)
     p.add_argument("--finetune-teacher", type=int, default=2, help="teacher fine-tuning epochs (as the GT)")
-    p.add_argument("--subset", type=int, default=4000)
+    p.add_argument("--subset", type=int, default=4000, help="the GT's train images (the supernets train on them)")
     p.add_argument("--test-subset", type=int, default=2000)
+
+
+def main(argv: list[str] | None = None) -> Path:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_gt_args(p)
     p.add_argument("--bands", default="1,3")
     p.add_argument("--epochs", type=int, default=10, help="supernet training epochs")
     p.add_argument("--batch-size", type=int, default=64)

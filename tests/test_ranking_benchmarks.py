@@ -76,3 +76,24 @@ def test_an_unstable_row_is_never_the_default(tmp_path):
     result = brt.main(["--gt", f"a={a}", "--stability", str(stab), "--cost", str(stab), "--resamples", "50",
                        "--out", str(tmp_path / "t.json"), "--markdown", str(tmp_path / "t.md")])
     assert result["default"] == "params"  # swap and params+swap are unstable, snip too slow
+
+
+def test_fidelity_benchmark_ranks_the_same_students_every_way_and_resumes_row_by_row(tmp_path, shared_data):
+    import bench_fidelity
+
+    out = tmp_path / "fidelity.json"
+    argv = ["--small", "--threads", "1", "--out", str(out), "--runs", str(tmp_path / "runs"), "--resamples", "50",
+            "--data", str(shared_data / "cifar10-jpeg.zip")]
+    result = bench_fidelity.main(argv)
+    rows = {r["ranking"]: r for r in result["rows"]}
+    assert list(rows) == ["params", "macs", "default (params+swap)", "refine 200 images x 1 epochs (eta 3)",
+                          "supernet K=1, 1 epochs"]
+    for row in rows.values():
+        assert row["students"] == 6 and -1 <= row["kendall_tau"] <= 1 and 1 <= row["top_pick_true_rank"] <= 6
+        assert row["ci"][0] <= row["kendall_tau"] <= row["ci"][1]
+    assert rows["params"]["cpu_minutes"] == 0 and rows["supernet K=1, 1 epochs"]["cpu_minutes"] > 0
+    assert -1 <= result["noise_ceiling"]["tau"] <= 1 and result["noise_ceiling"]["students"] == 6
+    assert {"inherited", "scratch"} <= set(result["finetune"])
+    # the same command keeps the finished rows (their CPU-minutes unchanged) and adds none
+    again = bench_fidelity.main(argv)
+    assert again["rows"] == json.loads(out.read_text())["rows"] == result["rows"]

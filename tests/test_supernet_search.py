@@ -102,6 +102,9 @@ def test_run_distils_the_supernets_best_from_their_inherited_weights(capsys, cap
     # the two trained students are the supernet's two best, in its order
     assert trained.sort_values("proxy_rank")["heldout_top1"].tolist() == board["heldout_top1"].head(2).tolist()
     assert sum("inherited weights" in r.getMessage() for r in caplog.records) == 2
+    report = (out / "report.html").read_text()  # the report says what ranked the candidates, and its cost
+    assert "Supernet evaluator" in report and "2 band(s), 1 supernet epoch(s)" in report
+    assert report.count("Trained students") == 1 and "search rank by heldout_top1" in report
     # the study records each supernet's epochs, for the dashboard
     import optuna
 

@@ -6,8 +6,9 @@ Column groups (`COLUMNS`):
 - pair: teacher and student family, MACs and params, and their ratios (teacher / student);
 - recipe: the knobs of the `Recipe` (loss, temperature, weights, label smoothing, augmentation, mixup, cutmix,
   optimiser, lr, epochs), its `recipe_id` in the candidate grid and the whole recipe as JSON;
-- outcome: student accuracy, the no-KD accuracy of the same student and schedule, and their difference `gain`
-  (percentage points);
+- outcome: student accuracy, the no-KD accuracy of the same student and schedule, their difference `gain`
+  (percentage points), and the run's `status` ("done", or "diverged": its loss became NaN/inf, and its accuracy
+  is a constant prediction's);
 - provenance: task name, seed, source ("run" or "published"), autokd and torch versions, time, a unique `key`.
 
 The file is CSV at `--kb`, default ~/.cache/autokd/kb.csv or $AUTOKD_KB. Appends hold a file lock and write a

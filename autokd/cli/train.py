@@ -219,7 +219,8 @@ def trained_table(trained, objective: str, format_macs):
     for row in trained.sort_values(["trained_rank", "proxy_rank"], na_position="last").to_dict("records"):
         rank = row["trained_rank"]
         table.add_row(
-            str(row["proxy_rank"]), "-" if pd.isna(rank) else str(rank), str(row["trial"]),
+            str(row["proxy_rank"]), "-" if pd.isna(rank) else str(rank),
+            str(row["trial"]) if row["trial"] >= 0 else "-",  # a supernet's subnet is no trial of the study
             row["arch"], f"{row[objective]:.4f}", pct(row["top1"]), pct(row["no_kd_top1"]),
             format_macs(row["macs"]), f"{row['params'] / 1e6:.2f} M",
             "-" if pd.isna(row["latency_ms"]) else f"{row['latency_ms']:.2f} ms",

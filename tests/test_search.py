@@ -82,7 +82,7 @@ def test_other_samplers_never_score_over_budget(tmp_path, sampler):
         if t.state == TrialState.COMPLETE:
             assert t.user_attrs["macs"] <= 25e6
         else:
-            assert t.state == TrialState.PRUNED and t.user_attrs["over_budget"] and "diswot" not in t.user_attrs
+            assert t.state == TrialState.PRUNED and "diswot" not in t.user_attrs  # over budget or a duplicate
 
 
 SPACE = load_space("cifar_resnet", 32)

@@ -21,3 +21,8 @@ def resolve_device(name: str, local_rank: int = 0) -> torch.device:
         raise AutokdError(f"--device {name}: this machine has {torch.cuda.device_count()} CUDA GPU(s); use cuda:0 "
                           f"to cuda:{torch.cuda.device_count() - 1}")
     return device
+
+
+def autocast_dtype(device: str | torch.device) -> torch.dtype | None:
+    """The autocast dtype of training on `device`: bf16 on a CUDA GPU, None (full precision) elsewhere."""
+    return torch.bfloat16 if torch.device(device).type == "cuda" else None

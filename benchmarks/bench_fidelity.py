@@ -28,7 +28,7 @@ import pandas as pd
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_proxy_quality import add_combinations, bootstrap_ci, kendall_tau, rescore, top_pick_rank  # noqa: E402
+from bench_proxy_quality import add_combinations, bootstrap_ci, kendall_tau, ranking_row, rescore  # noqa: E402
 from bench_refine import refine_ranking  # noqa: E402
 from bench_supernet_fidelity import (  # noqa: E402
     SupernetData,
@@ -53,6 +53,11 @@ def pairs(text: str) -> list[tuple[int, int]]:
     return [(int(a), int(b)) for a, b in (part.split("x") for part in text.split(",") if part)]
 
 
+def minutes(cost: dict) -> dict:
+    """The CPU and wall minutes of a ranking (0 for one that costs nothing, such as params)."""
+    return {"cpu_minutes": cost.get("cpu_minutes", 0.0), "wall_minutes": cost.get("wall_minutes", 0.0)}
+
+
 def noise_ceiling(path: Path, specs: pd.Series, resamples: int) -> dict:
     """Kendall tau between seed 0 and seed 1 of the same students [bootstrap CI]: no ranking can agree with the
     ground truth much better than the ground truth agrees with itself."""
@@ -63,17 +68,6 @@ def noise_ceiling(path: Path, specs: pd.Series, resamples: int) -> dict:
     a, b = wide.iloc[:, 0].to_numpy(float), wide.iloc[:, 1].to_numpy(float)
     low, high = bootstrap_ci(a, b, kendall_tau, resamples)
     return {"tau": kendall_tau(a, b), "ci": [low, high], "students": len(wide)}
-
-
-def ranking_row(name: str, kind: str, score: np.ndarray, target: np.ndarray, cost: dict, resamples: int) -> dict:
-    """Kendall tau [bootstrap CI] and the top pick's true rank of one ranking (students it could not score left
-    out), with its cost."""
-    keep = ~np.isnan(score)
-    score, target = score[keep], target[keep]
-    low, high = bootstrap_ci(score, target, kendall_tau, resamples)
-    return {"ranking": name, "kind": kind, "kendall_tau": kendall_tau(score, target), "ci": [low, high],
-            "top_pick_true_rank": top_pick_rank(score, target), "students": len(target),
-            "cpu_minutes": cost.get("cpu_minutes", 0.0), "wall_minutes": cost.get("wall_minutes", 0.0)}
 
 
 def default_scores(gt: pd.DataFrame, args: argparse.Namespace) -> tuple[np.ndarray, dict]:
@@ -151,10 +145,11 @@ def main(argv: list[str] | None = None) -> dict:
     result["noise_ceiling"] = noise_ceiling(Path(args.gt), gt["spec"], args.resamples)
     for name in ("params", "macs"):
         if name not in done:
-            save(ranking_row(name, "size", gt[name].to_numpy(float), target, {}, args.resamples))
+            save(ranking_row(name, gt[name].to_numpy(float), target, args.resamples, kind="size", **minutes({})))
     default, cost = default_scores(gt, args)  # also the refine's entry order, so computed on every run
     if f"default ({DEFAULT_OBJECTIVE})" not in done:
-        save(ranking_row(f"default ({DEFAULT_OBJECTIVE})", "training-free", default, target, cost, args.resamples))
+        save(ranking_row(f"default ({DEFAULT_OBJECTIVE})", default, target, args.resamples, kind="training-free",
+                         **minutes(cost)))
 
     recipe = load_recipe(default_recipe(args.space), batch_size=args.batch_size)
     gt_args = argparse.Namespace(finetune_epochs=args.finetune_teacher, teacher_weights=args.teacher_weights,
@@ -169,7 +164,7 @@ def main(argv: list[str] | None = None) -> dict:
         config = RefineConfig(top=len(gt), epochs=epochs, eta=args.eta, images=images)
         frame, cpu = refine_ranking(gt, default, teacher, full, recipe, config)
         order = frame.set_index("spec_json").loc[gt["spec"], "refine_rank"].to_numpy(float)
-        save(ranking_row(name, "refine", -order, target, {"cpu_minutes": cpu}, args.resamples))
+        save(ranking_row(name, -order, target, args.resamples, kind="refine", **minutes({"cpu_minutes": cpu})))
 
     specs = [ArchSpec.from_json(s) for s in gt["spec"]]
     space, budget = load_space(args.space, IMG_SIZE), int(gt["macs"].max())
@@ -187,7 +182,7 @@ def main(argv: list[str] | None = None) -> dict:
             result["finetune"] = inherited_vs_scratch(*net, specs, space, teacher, data, loaders,
                                                       recipe.with_epochs(args.finetune_epochs), runs / args.space)
         if name not in done:
-            save(ranking_row(name, "supernet", top1, target, cost, args.resamples))
+            save(ranking_row(name, top1, target, args.resamples, kind="supernet", **minutes(cost)))
         else:
             write_json(result, out)
     report(result)

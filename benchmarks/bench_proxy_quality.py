@@ -111,6 +111,17 @@ def top_pick_rank(score: np.ndarray, target: np.ndarray) -> int:
     return int(ranks[pick])
 
 
+def ranking_row(name: str, score: np.ndarray, target: np.ndarray, resamples: int = 1000, **extra) -> dict:
+    """Kendall tau [bootstrap CI] and the top pick's true rank of one ranking (rows it could not score, nan,
+    left out), with `extra` columns such as its cost."""
+    score, target = np.asarray(score, float), np.asarray(target, float)
+    keep = ~np.isnan(score)
+    score, target = score[keep], target[keep]
+    low, high = bootstrap_ci(score, target, kendall_tau, resamples)
+    return {"ranking": name, **extra, "kendall_tau": kendall_tau(score, target), "ci": [low, high],
+            "top_pick_true_rank": top_pick_rank(score, target), "students": len(target)}
+
+
 def score_keys(frame: pd.DataFrame) -> list[str]:
     """The proxy score columns of `frame`, in registry order (every registered proxy's output keys)."""
     from autokd.proxies import PROXIES

@@ -23,7 +23,7 @@ import pandas as pd
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_proxy_quality import bootstrap_ci, kendall_tau, read_ground_truth, top_pick_rank  # noqa: E402
+from bench_proxy_quality import ranking_row, read_ground_truth  # noqa: E402
 from build_ground_truth import DEFAULT_DATA, IMG_SIZE  # noqa: E402
 from common import RESULTS_DIR, machine, print_table, write_json  # noqa: E402
 
@@ -82,15 +82,11 @@ def main(argv: list[str] | None = None) -> dict:
         "epoch-1 held-out top-1": frame["epoch1_heldout_top1"].to_numpy(float),
         "refine (successive halving)": -frame["refine_rank"].to_numpy(float),
     }
-    rows = []
-    for name, score in rankings.items():
-        low, high = bootstrap_ci(score, target, kendall_tau, args.resamples)
-        rows.append({"ranking": name, "kendall_tau": kendall_tau(score, target), "ci_low": low, "ci_high": high,
-                     "top_pick_true_rank": top_pick_rank(score, target),
-                     "cpu_minutes": 0.0 if name == "params" else cpu_minutes})
+    rows = [ranking_row(name, score, target, args.resamples, cpu_minutes=0.0 if name == "params" else cpu_minutes)
+            for name, score in rankings.items()]
     print_table(f"Ranking {len(frame)} students of {args.gt} ({args.space or 'all spaces'})",
                 ["ranking", "Kendall tau", "95% CI", "top pick's true rank", "CPU min"],
-                [[r["ranking"], r["kendall_tau"], f"[{r['ci_low']:+.2f}, {r['ci_high']:+.2f}]",
+                [[r["ranking"], r["kendall_tau"], f"[{r['ci'][0]:+.2f}, {r['ci'][1]:+.2f}]",
                   f"{r['top_pick_true_rank']}/{len(frame)}", r["cpu_minutes"]] for r in rows],
                 notes=[f"refine: {args.images} train images, epochs {args.epochs}, eta {args.eta}, recipe "
                        f"{recipe.loss}; held-out accuracy only; CPU minutes of this process"])

@@ -26,10 +26,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-from scipy.stats import kendalltau
 from torch.utils.data import DataLoader
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_proxy_quality import kendall_tau  # noqa: E402
 from build_ground_truth import DEFAULT_DATA, DEFAULT_WEIGHTS, IMG_SIZE, teacher_weights  # noqa: E402
 from common import RESULTS_DIR, machine, write_json  # noqa: E402
 
@@ -64,10 +64,6 @@ def ground_truth(path: Path, space: str, limit: int | None) -> pd.DataFrame:
     if limit and limit < len(frame):  # spread over the MACs range
         frame = frame.iloc[np.linspace(0, len(frame) - 1, limit).round().astype(int)].reset_index(drop=True)
     return frame
-
-
-def tau(a, b) -> float:
-    return float(kendalltau(a, b).statistic)
 
 
 @dataclass
@@ -184,7 +180,7 @@ def main(argv: list[str] | None = None) -> Path:
     recipe = load_recipe("dist" if args.space == "cifar_resnet" else "kd_adamw", epochs=args.epochs,
                          batch_size=args.batch_size)
     result = {"machine": machine(), "settings": vars(args), "budget": budget, "students": len(gt),
-              "params_tau": tau(gt["params"], gt["kd_acc"]), "macs_tau": tau(gt["macs"], gt["kd_acc"]),
+              "params_tau": kendall_tau(gt["params"], gt["kd_acc"]), "macs_tau": kendall_tau(gt["macs"], gt["kd_acc"]),
               "supernets": [], "note": "tau against the GT's mean kd_acc; supernet scores are held-out top-1 with "
               "inherited weights (BatchNorm recalibrated on 8 training batches)"}
     table = gt.copy()
@@ -197,7 +193,7 @@ def main(argv: list[str] | None = None) -> Path:
         scored = table[column].notna()
         result["supernets"].append({
             "bands": k, "epochs": args.epochs, "scored": int(scored.sum()),
-            "tau": tau(table.loc[scored, column], table.loc[scored, "kd_acc"]), **cost})
+            "tau": kendall_tau(table.loc[scored, column], table.loc[scored, "kd_acc"]), **cost})
         print(f"K={k}: tau {result['supernets'][-1]['tau']:.3f} over {int(scored.sum())} students, "
               f"{cost['cpu_minutes']:.1f} CPU-min (params tau {result['params_tau']:.3f})", flush=True)
 

@@ -81,6 +81,15 @@ def test_statistics_by_hand():
     assert a == bpq.bootstrap_ci(x, np.array([1.0, 3.0, 2.0, 4.0]), bpq.kendall_tau, 200, seed=1)  # seeded
 
 
+def test_ranking_row_drops_unscored_rows_and_keeps_extra_columns():
+    target = np.array([1.0, 2.0, 3.0, 4.0])
+    row = bpq.ranking_row("r", np.array([4.0, np.nan, 2.0, 1.0]), target, 200, kind="size", cpu_minutes=0.5)
+    assert row["students"] == 3 and row["kind"] == "size" and row["cpu_minutes"] == 0.5
+    assert row["kendall_tau"] == pytest.approx(-1.0)  # the 3 scored rows in reverse order
+    assert row["top_pick_true_rank"] == 3  # score 4 picks target 1.0, the worst of the three
+    assert row["ci"][0] <= row["kendall_tau"] <= row["ci"][1]
+
+
 def test_seeds_are_averaged(gt_csv):
     frame = bpq.read_ground_truth(gt_csv)
     assert len(frame) == N and (frame["seeds"] == 2).all()

@@ -29,6 +29,7 @@ import torch.nn as nn
 from torch import Tensor
 from torch.utils.data import DataLoader, IterableDataset
 
+from autokd.device import autocast_dtype
 from autokd.errors import AutokdError
 from autokd.io import write_json
 from autokd.proxies.base import relation_gram
@@ -160,8 +161,7 @@ def _autocast(images: Tensor, dtype: torch.dtype | None):
 def precision_for(device: str | torch.device, family: str) -> tuple[torch.dtype | None, bool]:
     """(autocast dtype, channels_last) of supernet training: bf16, and channels_last for a CNN family, on CUDA
     (as `autokd train`); full precision and the default layout elsewhere."""
-    cuda = torch.device(device).type == "cuda"
-    return (torch.bfloat16 if cuda else None), cuda and family != "vit"
+    return autocast_dtype(device), torch.device(device).type == "cuda" and family != "vit"
 
 
 def average_gradients(module: nn.Module, info: D.DistInfo | None, flag: bool = False) -> bool:

@@ -21,6 +21,7 @@ import torch.nn as nn
 from autokd.cost import count_params, measure_cost, measure_latency
 from autokd.data.datasets import ImageDataset
 from autokd.data.pixels import CACHE_ROOT, decode_once
+from autokd.device import autocast_dtype
 from autokd.errors import AutokdError
 from autokd.recipes import Recipe
 from autokd.teachers import Teacher
@@ -83,7 +84,7 @@ class Trainer:
         self.device = info.device
         self.cuda = self.device.type == "cuda"
         self.notes: list[str] = []
-        self.autocast = torch.bfloat16 if self.cuda else None
+        self.autocast = autocast_dtype(self.device)
         for meta in metas:
             check_inputs(meta.model, teacher, data, recipe)
         states = [load_checkpoint(o / "last.pt") for o in outs] if resume else None  # read once

@@ -4,7 +4,8 @@ For every task of the KB (benchmarks/results/recipe_kb.csv by default), a meta-m
 ranks the recipes run on each of its (task, pair) units; the table gives the true gain of the top-1 and of the best
 of the top 5, the unit's best gain, the gain of the recipe best on average over the other tasks, and of today's
 default rule (DIST for CNN students, KD with AdamW for ViTs) and chance (a random recipe; the best of 5 random),
-with each one's regret. Prints the table, writes
+with each one's regret, the paired bootstrap interval of the regret differences, and the seed noise (units
+run on two seeds: how far the best recipe of one seed is from the best of the other). Prints the table, writes
 benchmarks/results/recommend_loto.{csv,json}.
 
     python benchmarks/bench_recommend.py [--kb PATH] [--runs-only]
@@ -21,16 +22,21 @@ from common import RESULTS_DIR, machine  # noqa: E402
 
 from autokd.io import write_csv, write_json  # noqa: E402
 from autokd.recipes.kb import read_kb  # noqa: E402
-from autokd.recipes.loto import leave_one_task_out, loto_summary  # noqa: E402
+from autokd.recipes.loto import (  # noqa: E402
+    leave_one_task_out,
+    loto_summary,
+    paired_difference_ci,
+    seed_agreement,
+)
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--kb", default=str(RESULTS_DIR / "recipe_kb.csv"))
     p.add_argument("--top", type=int, default=5)
     p.add_argument("--runs-only", action="store_true", help="leave out the published rows")
     p.add_argument("--out", default=str(RESULTS_DIR / "recommend_loto"), help="prefix of the .csv and .json")
-    args = p.parse_args()
+    args = p.parse_args(argv)
     table = read_kb(args.kb)
     if args.runs_only:
         table = table[table["source"] == "run"]
@@ -44,10 +50,29 @@ def main() -> None:
     print(frame[shown].to_string(index=False, float_format="{:.2f}".format))
     print("mean: " + ", ".join(f"{k} {v:.2f}" for k, v in summary.items() if k != "units") +
           f" over {summary['units']} (task, pair) units")
+    top = f"top{args.top}"
+    comparisons = {f"{base} - {ours} regret": paired_difference_ci(frame, f"{ours}_regret", f"{base}_regret")
+                   for ours, base in (("top1", "fixed"), ("top1", "default"), (top, f"random{args.top}"))}
+    for name, ci in comparisons.items():
+        print(f"{name}: {ci['mean']:+.2f} pt [{ci['low']:+.2f}, {ci['high']:+.2f}] (bootstrap 95% over "
+              f"{ci['units']} units; > 0: the recommender's regret is lower)")
+    seeds = seed_agreement(table)
+    noise = {}
+    if len(seeds):
+        noise = {"units": len(seeds), "kendall_tau": float(seeds["kendall_tau"].mean()),
+                 "cross_seed_regret": float(seeds["cross_seed_regret"].mean()),
+                 "seed_sd": float(seeds["seed_sd"].mean())}
+        print(f"noise: over {noise['units']} units run on two seeds, the recipes' gains agree with Kendall tau "
+              f"{noise['kendall_tau']:+.2f}; the best recipe of one seed has regret {noise['cross_seed_regret']:.2f} "
+              f"on the other; one run's gain has sd {noise['seed_sd']:.2f} pt")
     write_csv(f"{args.out}.csv", frame)
-    write_json(f"{args.out}.json", {"kb": args.kb, "rows": len(table), "tasks": int(table["task"].nunique()),
-                                    "summary": summary, "machine": machine(), "units": frame.to_dict("records")})
+    result = {"kb": args.kb, "rows": len(table), "tasks": int(table["task"].nunique()),
+              "summary": summary, "comparisons": comparisons, "noise": noise,
+              "seed_units": seeds.to_dict("records"), "machine": machine(),
+              "units": frame.to_dict("records")}
+    write_json(f"{args.out}.json", result)
     print(f"wrote {args.out}.csv and {args.out}.json")
+    return result
 
 
 if __name__ == "__main__":

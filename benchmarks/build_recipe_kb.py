@@ -136,8 +136,10 @@ def teacher_for(task: Task, data: ImageDataset, runs: Path, args: argparse.Names
         torch.manual_seed(0)
         start = resolve_teacher("resnet56_cifar", data.num_classes, weights=TEACHER_WEIGHTS, img_size=task.img_size)
         recipe = Recipe.load("none").replace(epochs=args.finetune_epochs, lr=0.01, batch_size=args.batch_size)
-        finetune_teacher(start, data, recipe, folder, device=args.device, resume=(folder / "last.pt").is_file(),
-                         progress=False)
+        result = finetune_teacher(start, data, recipe, folder, device=args.device,
+                                  resume=(folder / "last.pt").is_file(), progress=False)
+        if result.stopped is not None:
+            raise SystemExit(f"teacher fine-tuning stopped ({result.stopped}): run the same command again to resume")
     return resolve_teacher("resnet56_cifar", data.num_classes, weights=folder / "best.pt", img_size=task.img_size)
 
 

@@ -4,7 +4,13 @@ import pytest
 
 from autokd.errors import AutokdError
 from autokd.recipes.kb import COLUMNS, append_rows, make_row, pair_columns, read_kb, recipe_columns
-from autokd.recipes.loto import expected_best_of_random, leave_one_task_out, loto_summary
+from autokd.recipes.loto import (
+    expected_best_of_random,
+    leave_one_task_out,
+    loto_summary,
+    paired_difference_ci,
+    seed_agreement,
+)
 from autokd.recipes.meta_model import MetaModel
 from autokd.recipes.recommend import candidate_grid, grid_frame, recommend
 
@@ -78,6 +84,27 @@ def test_expected_best_of_random_recipes_is_exact():
     for k in (1, 2, 3, 5):
         brute = np.mean([max(c) for c in itertools.combinations(gains, k)])
         assert expected_best_of_random(gains, k) == pytest.approx(brute)
+
+
+def test_paired_difference_of_regrets_over_units():
+    frame = pd.DataFrame({"top1_regret": [0.0, 1.0, 2.0, np.nan], "fixed_regret": [1.0, 1.0, 4.0, 3.0]})
+    ci = paired_difference_ci(frame, "top1_regret", "fixed_regret", resamples=500)
+    assert ci["mean"] == pytest.approx(1.0) and ci["units"] == 3  # differences 1, 0, 2; the nan unit left out
+    assert 0.0 <= ci["low"] <= 1.0 <= ci["high"] <= 2.0
+
+
+def test_seed_agreement_by_hand():
+    gains = {0: {"r1": 3.0, "r2": 2.0, "r3": 1.0}, 1: {"r1": 1.0, "r2": 2.0, "r3": 3.0}}
+    table = pd.DataFrame([{"task": "A", "pair": "p", "recipe_id": r, "seed": s, "gain": g}
+                          for s, by in gains.items() for r, g in by.items()])
+    table = pd.concat([table, table.assign(task="B", seed=0)])  # one seed only: no agreement to measure
+    frame = seed_agreement(table, unit_columns=("task", "pair"))
+    assert frame["task"].tolist() == ["A"]
+    row = frame.iloc[0]
+    assert row["kendall_tau"] == pytest.approx(-1.0)
+    # seed 0 picks r1, which gains 1 of seed 1's best 3; seed 1 picks r3, 1 of seed 0's best 3
+    assert row["cross_seed_regret"] == pytest.approx(2.0)
+    assert row["seed_sd"] == pytest.approx(np.std([2.0, 0.0, -2.0], ddof=1) / np.sqrt(2))
 
 
 def kb_rows(tasks=("t1", "t2", "t3"), student_family="cifar_resnet"):
@@ -175,3 +202,25 @@ def test_teacher_meta_features_match_a_hand_computation():
     assert features["teacher_entropy"] == pytest.approx(-p0 * math.log(p0) - 3 * (1 - p0) / 3 * math.log((1 - p0) / 3),
                                                          rel=1e-4)
     assert 0.0 <= features["probe_acc"] <= 1.0
+
+
+def test_loto_benchmark_reports_paired_intervals_and_the_seed_noise(tmp_path):
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import bench_recommend
+
+    rows = kb_rows()
+    again = [{**r, "seed": 1, "student_acc": 105.0 - r["student_acc"]} for r in rows if r["task"] == "t1"]
+    for r in again:  # seed 1 of t1 reverses the recipes' order: gains 6..1 instead of 1..6
+        r["gain"] = r["student_acc"] - r["no_kd_acc"]
+        r["key"] = r["key"].replace("|0|run", "|1|run")
+    path = tmp_path / "kb.csv"
+    append_rows(path, rows + again)
+    result = bench_recommend.main(["--kb", str(path), "--out", str(tmp_path / "loto"), "--top", "2"])
+    assert result["noise"]["units"] == 1 and result["noise"]["kendall_tau"] == pytest.approx(-1.0)
+    assert result["noise"]["cross_seed_regret"] == pytest.approx(5.0)  # each seed's best is the other's worst
+    ci = result["comparisons"]["fixed - top1 regret"]
+    assert ci["units"] == 3 and ci["low"] <= ci["mean"] <= ci["high"]
+    assert (tmp_path / "loto.csv").is_file()

@@ -13,7 +13,9 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from math import comb
 
+import numpy as np
 import pandas as pd
+from scipy.stats import kendalltau
 
 from autokd.recipes.kb import RECIPE_FEATURES, TASK_FEATURES
 from autokd.recipes.meta_model import MetaModel
@@ -91,3 +93,37 @@ def loto_summary(frame: pd.DataFrame) -> dict[str, float]:
                                                       .mean()) if known.any() else float("nan")
     summary["units"] = len(frame)
     return summary
+
+
+def paired_difference_ci(frame: pd.DataFrame, a: str, b: str, *, resamples: int = 2000, level: float = 0.95,
+                         seed: int = 0) -> dict[str, float]:
+    """Mean of `frame[b] - frame[a]` over the units where both are known, with a percentile bootstrap interval
+    over units (seeded): for regrets, positive means `a` is better."""
+    both = frame[[a, b]].dropna()
+    diff = (both[b] - both[a]).to_numpy(float)
+    if diff.size == 0:
+        return {"mean": float("nan"), "low": float("nan"), "high": float("nan"), "units": 0}
+    rng = np.random.default_rng(seed)
+    means = diff[rng.integers(0, diff.size, size=(resamples, diff.size))].mean(axis=1)
+    low, high = np.quantile(means, [(1 - level) / 2, (1 + level) / 2])
+    return {"mean": float(diff.mean()), "low": float(low), "high": float(high), "units": int(diff.size)}
+
+
+def seed_agreement(table: pd.DataFrame, *, unit_columns: Sequence[str] = ("task", "teacher_family", "student_family"),
+                   recipe_column: str = "recipe_id", outcome: str = "gain", seed_column: str = "seed") -> pd.DataFrame:
+    """How well two seeds of the same runs agree, per unit with recipes run on two or more seeds: Kendall tau of
+    the recipes' outcomes between two seeds, and the regret on one seed of the recipe best on the other (both
+    ways, averaged): what picking by a perfect one-seed truth costs, the noise level of the regrets."""
+    rows = []
+    for key, unit in table[table[outcome].notna()].groupby(list(unit_columns), sort=True):
+        wide = unit.pivot_table(index=recipe_column, columns=seed_column, values=outcome).dropna()
+        if wide.shape[1] < 2 or len(wide) < 2:
+            continue
+        first, second = wide.iloc[:, 0], wide.iloc[:, 1]
+        regret = ((second.max() - second[first.idxmax()]) + (first.max() - first[second.idxmax()])) / 2
+        row = dict(zip(unit_columns, key if isinstance(key, tuple) else (key,)))
+        row.update({"recipes": len(wide), "seeds": f"{wide.columns[0]},{wide.columns[1]}",
+                    "kendall_tau": float(kendalltau(first, second).statistic), "cross_seed_regret": float(regret),
+                    "seed_sd": float((first - second).std(ddof=1) / np.sqrt(2))})
+        rows.append(row)
+    return pd.DataFrame(rows)

@@ -16,15 +16,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from autokd.errors import AutokdError
 from autokd.io import check_writable_dir, write_csv, write_json
 from autokd.report import leaderboard, trials_frame, write_report, write_top_specs
-from autokd.search.controller import (
-    SearchConfig,
-    SearchContext,
-    enqueue_seeds,
-    load_or_create_study,
-    optimize,
-    prepare,
-    start_workers,
-)
+from autokd.search.controller import SearchConfig, SearchContext, enqueue_seeds, load_or_create_study, prepare
+from autokd.search.workers import optimize, start_workers
 from autokd.storage import masked_url
 
 log = logging.getLogger("autokd")

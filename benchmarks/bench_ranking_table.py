@@ -41,7 +41,7 @@ from bench_proxy_quality import (  # noqa: E402
     score_keys,
     top_pick_rank,
 )
-from common import RESULTS_DIR, machine, print_table, write_json  # noqa: E402
+from common import RESULTS_DIR, machine, markdown_table, print_table, write_json  # noqa: E402
 
 from autokd.io import write_text  # noqa: E402
 
@@ -208,9 +208,7 @@ def main(argv: list[str] | None = None) -> dict:
                 [f"default (best mean tau among rows stable >= 0.8 on {', '.join(settings) or 'nothing measured'}"
                  f" and <= {SPEED_LIMIT_S:g} CPU s per candidate): {default}",
                  f"beats the better of params and MACs by >= +0.05 on: {goal}"])
-    md = ["| score | " + " | ".join(columns[1:]) + " |", "|" + "---|" * len(columns)]
-    md += ["| " + " | ".join(str(c) for c in line) + " |" for line in [*lines, ceiling_row, loo_row]]
-    write_text(args.markdown, "\n".join(md) + "\n")
+    write_text(args.markdown, markdown_table(["score", *columns[1:]], [*lines, ceiling_row, loo_row]))
     result = {"ground_truths": {g: len(f) for g, f in gts.items()}, "table": table, "shown": shown,
               "eligible": eligible, "speed_limit_s": SPEED_LIMIT_S,
               "shown_ground_truths": {g: len(f) for g, f in shown_gts.items()}, "mean_tau": mean,

@@ -6,7 +6,7 @@ of the top 5, the unit's best gain, the gain of the recipe best on average over 
 default rule (DIST for CNN students, KD with AdamW for ViTs) and chance (a random recipe; the best of 5 random),
 with each one's regret, the paired bootstrap interval of the regret differences, and the seed noise (units
 run on two seeds: how far the best recipe of one seed is from the best of the other). Prints the table, writes
-benchmarks/results/recommend_loto.{csv,json}.
+benchmarks/results/recommend_loto.{csv,json} and the README's per-task table, recommend_loto.md.
 
     python benchmarks/bench_recommend.py [--kb PATH] [--runs-only]
 """
@@ -18,9 +18,9 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import RESULTS_DIR, machine  # noqa: E402
+from common import RESULTS_DIR, machine, markdown_table  # noqa: E402
 
-from autokd.io import write_csv, write_json  # noqa: E402
+from autokd.io import write_csv, write_json, write_text  # noqa: E402
 from autokd.recipes.kb import read_kb  # noqa: E402
 from autokd.recipes.loto import (  # noqa: E402
     leave_one_task_out,
@@ -30,12 +30,31 @@ from autokd.recipes.loto import (  # noqa: E402
 )
 
 
+def per_task_markdown(frame, summary: dict, top: int) -> str:
+    """The README table: one row per held-out (task, pair) unit, gains with the recipe picked, then the means."""
+    def pick(recipe, gain) -> str:
+        return f"{gain:+.2f}" if recipe is None else f"{recipe} {gain:+.2f}"
+
+    columns = ["task", "student", "recipes", "best", "top 1", f"best of top {top}", "fixed", "default",
+               "random", "top-1 regret", f"top-{top} regret", "fixed regret", "default regret"]
+    rows = [[r.task, r.student_family, r.recipes, pick(r.best_recipe, r.best_gain), pick(r.top1_recipe, r.top1_gain),
+             f"{getattr(r, f'top{top}_gain'):+.2f}", pick(r.fixed_recipe, r.fixed_gain), f"{r.default_gain:+.2f}",
+             f"{r.random1_gain:+.2f}", f"{r.top1_regret:.2f}", f"{getattr(r, f'top{top}_regret'):.2f}",
+             f"{r.fixed_regret:.2f}", f"{r.default_regret:.2f}"] for r in frame.itertuples()]
+    s = summary
+    rows.append([f"**mean of {s['units']}**", "", "", f"{s['best_gain']:+.2f}", f"{s['top1_gain']:+.2f}",
+                 f"{s[f'top{top}_gain']:+.2f}", f"{s['fixed_gain']:+.2f}", f"{s['default_gain']:+.2f}",
+                 f"{s['random1_gain']:+.2f}", f"{s['top1_regret']:.2f}", f"{s[f'top{top}_regret']:.2f}",
+                 f"{s['fixed_regret']:.2f}", f"{s['default_regret']:.2f}"])
+    return markdown_table(columns, rows)
+
+
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--kb", default=str(RESULTS_DIR / "recipe_kb.csv"))
     p.add_argument("--top", type=int, default=5)
     p.add_argument("--runs-only", action="store_true", help="leave out the published rows")
-    p.add_argument("--out", default=str(RESULTS_DIR / "recommend_loto"), help="prefix of the .csv and .json")
+    p.add_argument("--out", default=str(RESULTS_DIR / "recommend_loto"), help="prefix of the .csv, .md and .json")
     args = p.parse_args(argv)
     table = read_kb(args.kb)
     if args.runs_only:
@@ -66,12 +85,13 @@ def main(argv: list[str] | None = None) -> dict:
               f"{noise['kendall_tau']:+.2f}; the best recipe of one seed has regret {noise['cross_seed_regret']:.2f} "
               f"on the other; one run's gain has sd {noise['seed_sd']:.2f} pt")
     write_csv(f"{args.out}.csv", frame)
+    write_text(f"{args.out}.md", per_task_markdown(frame, summary, args.top))
     result = {"kb": args.kb, "rows": len(table), "tasks": int(table["task"].nunique()),
               "summary": summary, "comparisons": comparisons, "noise": noise,
               "seed_units": seeds.to_dict("records"), "machine": machine(),
               "units": frame.to_dict("records")}
     write_json(f"{args.out}.json", result)
-    print(f"wrote {args.out}.csv and {args.out}.json")
+    print(f"wrote {args.out}.csv, .md and .json")
     return result
 
 

@@ -106,5 +106,11 @@ def print_table(title: str, columns: list[str], rows: list[list[Any]], notes: li
         console.print(note, highlight=False)
 
 
+def markdown_table(columns: list[str], rows: list[list[Any]]) -> str:
+    """A GitHub markdown table of `rows` under `columns` (cells as given, str() of each)."""
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    return "\n".join(lines + ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]) + "\n"
+
+
 def write_json(result: dict[str, Any], path: Path) -> Path:
     return autokd_io.write_json(path, result)

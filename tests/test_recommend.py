@@ -224,3 +224,6 @@ def test_loto_benchmark_reports_paired_intervals_and_the_seed_noise(tmp_path):
     ci = result["comparisons"]["fixed - top1 regret"]
     assert ci["units"] == 3 and ci["low"] <= ci["mean"] <= ci["high"]
     assert (tmp_path / "loto.csv").is_file()
+    table = (tmp_path / "loto.md").read_text().splitlines()
+    assert table[0].startswith("| task | student |") and len(table) == 2 + 3 + 1  # header, 3 units, the mean
+    assert table[-1].startswith("| **mean of 3** |")

@@ -9,6 +9,7 @@ from autokd.recipes.loto import (
     leave_one_task_out,
     loto_summary,
     paired_difference_ci,
+    recipe_model,
     seed_agreement,
 )
 from autokd.recipes.meta_model import MetaModel
@@ -48,6 +49,44 @@ def test_meta_model_recovers_a_planted_rule_on_any_table():
     assert near["dataset"][0] == ((z - point) ** 2).sum(axis=1).idxmin()
 
 
+def test_shrink_pulls_a_prediction_to_the_pipelines_average_over_tasks():
+    table = pd.DataFrame({"task": ["A", "A", "B", "A", "B"], "f": [0.0, 0.0, 1.0, 0.0, 1.0],
+                          "method": ["r1", "r1", "r1", "r2", "r2"], "gain": [1.0, 3.0, 6.0, 0.0, 2.0]})
+    candidates = pd.DataFrame({"method": ["r1", "r2", "r3"]})
+    plain = MetaModel(["f"], ["method"], "gain", trees=10, seed=0).fit(table).rank({"f": 0.0}, candidates)
+    model = MetaModel(["f"], ["method"], "gain", trees=10, seed=0, shrink=1.0, task_column="task").fit(table)
+    ranked = model.rank({"f": 0.0}, candidates).set_index("method")
+    assert ranked.loc["r1", "mean"] == pytest.approx((2.0 + 6.0) / 2)  # each task once: A's two rows average to 2
+    assert ranked.loc["r1", "low"] == ranked.loc["r1", "high"] == pytest.approx(4.0)
+    assert ranked.loc["r2", "mean"] == pytest.approx(1.0)
+    # r3 was never run: the forest's prediction, unchanged
+    assert ranked.loc["r3", "mean"] == pytest.approx(plain.set_index("method").loc["r3", "mean"])
+    half = MetaModel(["f"], ["method"], "gain", trees=10, seed=0, shrink=0.5, task_column="task").fit(table)
+    both = half.rank({"f": 0.0}, candidates).set_index("method")
+    assert both.loc["r1", "mean"] == pytest.approx((plain.set_index("method").loc["r1", "mean"] + 4.0) / 2)
+
+
+def test_the_shrink_is_chosen_on_the_training_tasks_alone():
+    table = planted_table(tasks=12).rename(columns={"dataset": "task", "acc_gain": "gain"})
+    kwargs = dict(unit_columns=("task",), recipe_column="method", task_columns=["noise", "size"],
+                  pipeline_columns=["method", "lr"], trees=50)
+    # the winner depends on the task: the recipes' average (shrink 1) picks 'sharp' or 'safe' everywhere
+    assert recipe_model(table, **kwargs).shrink == 0.0
+    # a recipe best on average, task features that are noise: the choice is the lowest inner regret
+    rng = np.random.default_rng(1)
+    features = {f"t{t}": rng.uniform(size=2) for t in range(8)}
+    flat = pd.DataFrame([{"task": t, "noise": f[0], "size": f[1], "method": m, "lr": 0.1,
+                          "gain": (1.0 if m == "good" else 0.0) + rng.normal(0, 1.0)}
+                         for t, f in features.items() for m in ("good", "b", "c", "d")])
+    regrets = [leave_one_task_out(flat, top=1, default=None, task_column="task", outcome="gain",
+                                  make_model=lambda _t, s=s: MetaModel(["noise", "size"], ["method", "lr"], "gain",
+                                                                       trees=50, shrink=s, task_column="task"),
+                                  **{k: v for k, v in kwargs.items() if k != "trees"})["top1_regret"].mean()
+               for s in (0.0, 0.5, 1.0)]
+    assert recipe_model(flat, **kwargs).shrink == (0.0, 0.5, 1.0)[int(np.argmin(regrets))]
+    assert recipe_model(flat, shrinks=(1.0,), **kwargs).shrink == 1.0
+
+
 def test_leave_one_task_out_regret_matches_a_hand_computation():
     gains = {"A": {"r1": 3, "r2": 1, "r3": 2}, "B": {"r1": 2, "r2": 0, "r3": 4}, "C": {"r1": 1, "r2": 5, "r3": 0}}
     table = pd.DataFrame([{"task": t, "f": 1.0, "recipe_id": r, "gain": g, "pair": "p"}
@@ -55,7 +94,7 @@ def test_leave_one_task_out_regret_matches_a_hand_computation():
     frame = leave_one_task_out(
         table, top=2, unit_columns=("task", "pair"), task_columns=["f"], pipeline_columns=["recipe_id"],
         default=lambda unit: "r3",
-        make_model=lambda: MetaModel(["f"], ["recipe_id"], "gain", trees=5, bootstrap=False)).set_index("task")
+        make_model=lambda _train: MetaModel(["f"], ["recipe_id"], "gain", trees=5, bootstrap=False)).set_index("task")
     # held out A: trained on B, C -> means r1 1.5, r2 2.5, r3 2.0 -> ranking r2, r3, r1; fixed = r2
     # held out B: trained on A, C -> r1 2.0, r2 3.0, r3 1.0 -> r2, r1, r3; fixed = r2
     # held out C: trained on A, B -> r1 2.5, r2 0.5, r3 3.0 -> r3, r1, r2; fixed = r3

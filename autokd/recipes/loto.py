@@ -5,7 +5,8 @@ ranks the recipes that were run there, and the truth is their mean gain over see
 the gain of the top-1, the best gain among the top-k (AutoDistiller runs the top 5), the best recipe's gain, the
 gain of the recipe best on average over the training tasks, of the default rule, and the expected gain of a
 recipe (and of the best of k recipes) drawn at random, the chance level; each regret is the best gain minus
-that gain.
+that gain. The meta-model's shrink toward the recipes' average gain (`recipe_model`) is chosen inside each fold, by
+a leave-one-task-out over that fold's training tasks alone: the held-out task never informs it.
 """
 
 from __future__ import annotations
@@ -40,17 +41,23 @@ def leave_one_task_out(table: pd.DataFrame, *, top: int = 5, task_column: str = 
                        recipe_column: str = "recipe_id", outcome: str = "gain",
                        task_columns: Sequence[str] = TASK_FEATURES, pipeline_columns: Sequence[str] = RECIPE_FEATURES,
                        default: Callable[[pd.DataFrame], str] | None = kb_default,
-                       make_model: Callable[[], MetaModel] | None = None) -> pd.DataFrame:
+                       make_model: Callable[[pd.DataFrame], MetaModel] | None = None) -> pd.DataFrame:
     """One row per (task, pair) unit of `table` with the gains and regrets above; `default` names the default
-    rule's recipe for a unit (None: no default column). Units with fewer than 2 recipes are skipped."""
-    make_model = make_model or (lambda: MetaModel(task_columns, pipeline_columns, outcome))
+    rule's recipe for a unit (None: no default column). `make_model(train)` gives the unfitted meta-model for a
+    fold's training rows (default: `recipe_model`, whose shrink is chosen on those rows alone). Units with fewer
+    than 2 recipes are skipped."""
+    if make_model is None:
+        def make_model(train: pd.DataFrame) -> MetaModel:
+            return recipe_model(train, task_column=task_column, unit_columns=unit_columns,
+                                recipe_column=recipe_column, outcome=outcome, task_columns=task_columns,
+                                pipeline_columns=pipeline_columns)
     table = table[table[outcome].notna()]
     rows = []
     for task in sorted(table[task_column].unique(), key=str):
         train = table[table[task_column] != task]
         if train[task_column].nunique() < 1 or len(train) < 2:
             continue
-        model = make_model().fit(train)
+        model = make_model(train).fit(train)
         unit_means = train.groupby([*unit_columns, recipe_column])[outcome].mean()
         on_average = unit_means.groupby(recipe_column).mean()  # each training unit counts once
         for key, unit in table[table[task_column] == task].groupby(list(unit_columns), sort=True):
@@ -64,7 +71,7 @@ def leave_one_task_out(table: pd.DataFrame, *, top: int = 5, task_column: str = 
             best = truth.max()
             fixed = on_average.reindex(truth.index).dropna()
             row = dict(zip(unit_columns, key if isinstance(key, tuple) else (key,)))
-            row.update({"recipes": len(truth), "best_recipe": truth.idxmax(), "best_gain": best,
+            row.update({"recipes": len(truth), "shrink": model.shrink, "best_recipe": truth.idxmax(), "best_gain": best,
                         "top1_recipe": ranked[0], "top1_gain": truth[ranked[0]],
                         f"top{top}_gain": truth[ranked[:top]].max(),
                         "random1_gain": float(truth.mean()),
@@ -93,6 +100,33 @@ def loto_summary(frame: pd.DataFrame) -> dict[str, float]:
                                                       .mean()) if known.any() else float("nan")
     summary["units"] = len(frame)
     return summary
+
+
+SHRINKS = (0.0, 0.5, 1.0)
+
+
+def recipe_model(train: pd.DataFrame, *, shrinks: Sequence[float] = SHRINKS, task_column: str = "task",
+                 unit_columns: Sequence[str] = ("task", "teacher_family", "student_family"),
+                 recipe_column: str = "recipe_id", outcome: str = "gain",
+                 task_columns: Sequence[str] = TASK_FEATURES, pipeline_columns: Sequence[str] = RECIPE_FEATURES,
+                 trees: int = 200, seed: int = 0) -> MetaModel:
+    """The unfitted meta-model for `train`, its `shrink` toward the recipes' average gain chosen from `shrinks` by
+    the lowest mean top-1 regret of a leave-one-task-out within `train` (the first on a tie; the first alone
+    when `train` has fewer than 3 tasks)."""
+    def model(shrink: float) -> MetaModel:
+        return MetaModel(task_columns, pipeline_columns, outcome, trees=trees, seed=seed, shrink=shrink,
+                         task_column=task_column)
+
+    if len(shrinks) == 1 or train[task_column].nunique() < 3:
+        return model(shrinks[0])
+    regrets = []
+    for shrink in shrinks:
+        frame = leave_one_task_out(train, top=1, task_column=task_column, unit_columns=unit_columns,
+                                   recipe_column=recipe_column, outcome=outcome, task_columns=task_columns,
+                                   pipeline_columns=pipeline_columns, default=None,
+                                   make_model=lambda _train, s=shrink: model(s))
+        regrets.append(frame["top1_regret"].mean() if len(frame) else float("inf"))
+    return model(shrinks[int(np.argmin(regrets))])
 
 
 def paired_difference_ci(frame: pd.DataFrame, a: str, b: str, *, resamples: int = 2000, level: float = 0.95,

@@ -6,8 +6,10 @@
     close = model.nearest_tasks({"num_classes": 10, "teacher_acc": 0.9}, task_column="task")
 
 The regressor is a scikit-learn random forest over the task columns and the one-hot coded pipeline columns; the
-interval of a prediction is the spread (quantiles) of its trees' predictions. Nothing here knows about KD: any
-knowledge base with those three kinds of columns works.
+interval of a prediction is the spread (quantiles) of its trees' predictions. With `shrink` > 0 a prediction is
+pulled toward the pipeline's average outcome over the training tasks (each task once, by `task_column`): with few
+tasks, the forest's task-specific guesses are noisy and the average is the stronger rule. Nothing here knows
+about KD: any knowledge base with those three kinds of columns works.
 """
 
 from __future__ import annotations
@@ -34,9 +36,12 @@ class MetaModel:
     seed: int = 0
     min_leaf: int = 1
     bootstrap: bool = True  # False: every tree sees every row (deterministic, no spread)
+    shrink: float = 0.0  # weight of the pipeline's average outcome over tasks (1: that average alone, where known)
+    task_column: str | None = None  # a row's task, so that each task counts once in that average (None: each row)
     _forest: Any = field(default=None, repr=False)
     _design: list[str] = field(default_factory=list, repr=False)
     _fill: pd.Series | None = field(default=None, repr=False)
+    _average: pd.Series | None = field(default=None, repr=False)
 
     def fit(self, table: pd.DataFrame) -> MetaModel:
         """Fit on the rows of `table` whose outcome is known; returns self."""
@@ -52,6 +57,9 @@ class MetaModel:
         self._forest = RandomForestRegressor(n_estimators=self.trees, min_samples_leaf=self.min_leaf,
                                              bootstrap=self.bootstrap,
                                              random_state=self.seed, n_jobs=1).fit(x, rows[self.outcome].to_numpy())
+        groups = [rows[self.task_column] if self.task_column else pd.RangeIndex(len(rows)), self._key(rows)]
+        per_task = rows[self.outcome].groupby(groups).mean()
+        self._average = per_task.groupby(level=1).mean()
         return self
 
     def predict(self, frame: pd.DataFrame) -> pd.DataFrame:
@@ -61,7 +69,13 @@ class MetaModel:
         x = self._encode(frame, fit=False)
         per_tree = np.stack([tree.predict(x) for tree in self._forest.estimators_])
         low, high = np.quantile(per_tree, self.interval, axis=0)
-        return pd.DataFrame({"mean": per_tree.mean(0), "low": low, "high": high}, index=frame.index)
+        out = pd.DataFrame({"mean": per_tree.mean(0), "low": low, "high": high}, index=frame.index)
+        if self.shrink > 0:
+            average = self._key(frame).map(self._average)
+            known = average.notna()  # a pipeline the table never ran keeps the forest's prediction
+            for column in out.columns:
+                out.loc[known, column] = (1 - self.shrink) * out.loc[known, column] + self.shrink * average[known]
+        return out
 
     def rank(self, task: Mapping[str, Any], candidates: pd.DataFrame) -> pd.DataFrame:
         """`candidates` (pipeline columns, any others kept) for the task `task`, with `mean`/`low`/`high`,
@@ -85,6 +99,11 @@ class MetaModel:
         distance = np.sqrt((((point - mean) / std).fillna(0) - z).pow(2).sum(axis=1))
         return distance.sort_values(kind="stable").head(k).rename("distance").reset_index()
 
+    def _key(self, frame: pd.DataFrame) -> pd.Series:
+        """One string per row naming its pipeline (the pipeline columns' values; None and NaN alike, 2 and 2.0
+        alike, as a table read back from CSV has them)."""
+        return frame[list(self.pipeline_columns)].map(_cell).agg("|".join, axis=1)
+
     def _encode(self, frame: pd.DataFrame, fit: bool) -> np.ndarray:
         """Task columns as floats (missing: the column's training median), pipeline columns one-hot coded
         when they are not numeric."""
@@ -101,3 +120,13 @@ class MetaModel:
             self._fill = x.median()
         x = x.reindex(columns=self._design, fill_value=0.0)
         return x.fillna(self._fill).fillna(0.0).to_numpy()
+
+
+def _cell(value: Any) -> str:
+    if value is None or (isinstance(value, float) and np.isnan(value)):
+        return ""
+    if isinstance(value, (bool, np.bool_)):
+        return str(bool(value))
+    if isinstance(value, (int, float, np.number)):
+        return repr(float(value))
+    return str(value)

@@ -2,7 +2,8 @@
 
 The grid is every KD preset with 2-3 settings of its main knobs, one knob at a time: the temperature (tau for
 DIST), the loss weight, the learning rate. `recommend` fits a `MetaModel` on the KB rows of the same pair kind
-(CNN->CNN, CNN->ViT, ...) and ranks the grid by predicted gain over training without KD.
+(CNN->CNN, CNN->ViT, ...), its shrink toward the recipes' KB average chosen by leave-one-task-out on those rows
+(`autokd.recipes.loto.recipe_model`), and ranks the grid by predicted gain over training without KD.
 """
 
 from __future__ import annotations
@@ -15,8 +16,6 @@ import torch.nn as nn
 
 from autokd.errors import AutokdError
 from autokd.recipes.kb import (
-    RECIPE_FEATURES,
-    TASK_FEATURES,
     family_kind,
     pair_columns,
     pair_kind,
@@ -24,6 +23,7 @@ from autokd.recipes.kb import (
     recipe_columns,
     rows_for_pair,
 )
+from autokd.recipes.loto import recipe_model
 from autokd.recipes.meta_model import MetaModel
 from autokd.recipes.recipe import PRESETS, Recipe, default_recipe
 
@@ -96,6 +96,7 @@ class Recommendation:
     nearest: pd.DataFrame
     rows: pd.DataFrame
     grid: dict[str, Recipe]
+    model: MetaModel | None = None
 
     def recipe(self, rank: int = 1) -> Recipe:
         return self.grid[self.ranked["recipe_id"].iloc[rank - 1]]
@@ -120,7 +121,7 @@ def recommend(kb: pd.DataFrame | str | None, profile: dict[str, Any], *, nearest
         raise AutokdError(f"the knowledge base has no {kind} runs with a known gain (it holds "
                           f"{', '.join(sorted(table['pair_kind'].dropna().unique())) or 'no runs'}): "
                           f"{fallback_note(kind, profile['student_family'])}")
-    model = MetaModel(TASK_FEATURES, RECIPE_FEATURES, "gain", trees=trees, seed=seed).fit(rows)
+    model = recipe_model(rows, trees=trees, seed=seed).fit(rows)
     grid = candidate_grid(profile["teacher_family"], profile["student_family"])
     ranked = model.rank(profile, grid_frame(grid))
     close = model.nearest_tasks(profile, rows, "task", k=nearest)
@@ -129,7 +130,7 @@ def recommend(kb: pd.DataFrame | str | None, profile: dict[str, Any], *, nearest
     close["best_recipe"] = close["task"].map(best["recipe_id"])
     close["best_gain"] = close["task"].map(best["gain"])
     close["runs"] = close["task"].map(rows.groupby("task").size())
-    return Recommendation(ranked, close, rows, grid)
+    return Recommendation(ranked, close, rows, grid, model)
 
 
 def auto_recipe(kb: str | None, profile: dict[str, Any]) -> tuple[Recipe, str]:

@@ -32,20 +32,19 @@ from autokd.recipes.loto import (  # noqa: E402
 
 def per_task_markdown(frame, summary: dict, top: int) -> str:
     """The README table: one row per held-out (task, pair) unit, gains with the recipe picked, then the means."""
-    def pick(recipe, gain) -> str:
-        return f"{gain:+.2f}" if recipe is None else f"{recipe} {gain:+.2f}"
+    def cells(r: dict, label: str, student: str = "", recipes: str = "") -> list[str]:
+        def pick(what: str) -> str:
+            recipe = r.get(f"{what}_recipe")
+            return f"{r[f'{what}_gain']:+.2f}" if recipe is None else f"{recipe} {r[f'{what}_gain']:+.2f}"
+
+        return [label, student, recipes, pick("best"), pick("top1"), f"{r[f'top{top}_gain']:+.2f}", pick("fixed"),
+                f"{r['default_gain']:+.2f}", f"{r['random1_gain']:+.2f}",
+                *(f"{r[f'{what}_regret']:.2f}" for what in ("top1", f"top{top}", "fixed", "default"))]
 
     columns = ["task", "student", "recipes", "best", "top 1", f"best of top {top}", "fixed", "default",
                "random", "top-1 regret", f"top-{top} regret", "fixed regret", "default regret"]
-    rows = [[r.task, r.student_family, r.recipes, pick(r.best_recipe, r.best_gain), pick(r.top1_recipe, r.top1_gain),
-             f"{getattr(r, f'top{top}_gain'):+.2f}", pick(r.fixed_recipe, r.fixed_gain), f"{r.default_gain:+.2f}",
-             f"{r.random1_gain:+.2f}", f"{r.top1_regret:.2f}", f"{getattr(r, f'top{top}_regret'):.2f}",
-             f"{r.fixed_regret:.2f}", f"{r.default_regret:.2f}"] for r in frame.itertuples()]
-    s = summary
-    rows.append([f"**mean of {s['units']}**", "", "", f"{s['best_gain']:+.2f}", f"{s['top1_gain']:+.2f}",
-                 f"{s[f'top{top}_gain']:+.2f}", f"{s['fixed_gain']:+.2f}", f"{s['default_gain']:+.2f}",
-                 f"{s['random1_gain']:+.2f}", f"{s['top1_regret']:.2f}", f"{s[f'top{top}_regret']:.2f}",
-                 f"{s['fixed_regret']:.2f}", f"{s['default_regret']:.2f}"])
+    rows = [cells(r, r["task"], r["student_family"], r["recipes"]) for r in frame.to_dict("records")]
+    rows.append(cells(summary, f"**mean of {summary['units']}**"))
     return markdown_table(columns, rows)
 
 

@@ -20,9 +20,10 @@ if TYPE_CHECKING:
 
 #: activations whose inputs give NASWOT's binary codes (unit is "on" when its pre-activation is > 0)
 ACTIVATIONS = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.GELU, nn.SiLU)
-#: class names of one block (residual unit) in autokd's spaces and timm: ViT Block, ResNet, MobileNet blocks
+#: class names of one block (residual unit) in autokd's spaces and timm: ViT Block, ResNet, MobileNet blocks,
+#: NAS-Bench-201 cells
 BLOCK_TYPES = ("Block", "BasicBlock", "Bottleneck", "InvertedResidual", "DepthwiseSeparableConv", "EdgeResidual",
-               "UniversalInvertedResidual", "ConvNeXtBlock")
+               "UniversalInvertedResidual", "ConvNeXtBlock", "InferCell")
 #: layers with weights that VKDNW and the layer-count baseline count
 WEIGHT_LAYERS = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
 

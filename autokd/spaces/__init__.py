@@ -10,6 +10,7 @@ from autokd.errors import AutokdError
 from autokd.spaces.base import SearchSpace
 from autokd.spaces.cifar_resnet import CifarResNetSpace
 from autokd.spaces.mobilenet import MobileNetSpace
+from autokd.spaces.nb201 import NB201Space
 from autokd.spaces.resnet import ResNetSpace
 from autokd.spaces.spec import ArchSpec
 from autokd.spaces.vit import VitSpace
@@ -21,6 +22,7 @@ SPACES: dict[str, type[SearchSpace]] = {
     "resnet": ResNetSpace,
     "mobilenet": MobileNetSpace,
     "cifar_resnet": CifarResNetSpace,
+    "nb201": NB201Space,
 }
 SPACES_DIR = Path(__file__).resolve().parents[1] / "search_spaces"  # package data: ships in the wheel
 

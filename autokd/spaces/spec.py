@@ -3,8 +3,17 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
+
+#: space name -> how its specs are named in tables (e.g. NAS-Bench-201's cell string)
+_LABELS: dict[str, Callable[[ArchSpec], str]] = {}
+
+
+def register_label(space: str, label: Callable[[ArchSpec], str]) -> None:
+    """Name the specs of `space` by `label(spec)` in `ArchSpec.short()` (leaderboards, top/*.yaml, reports)."""
+    _LABELS[space] = label
 
 
 def _freeze(value: Any) -> Any:
@@ -60,7 +69,9 @@ class ArchSpec:
         return cls.from_dict(json.loads(text))
 
     def short(self) -> str:
-        """A compact one-line summary: long per-layer lists shown as their range."""
+        """A compact one-line summary: long per-layer lists shown as their range (or the space's own label)."""
+        if self.space in _LABELS:
+            return f"{self.space} {_LABELS[self.space](self)}"
 
         def fmt(v: Any) -> str:
             if isinstance(v, tuple) and len(v) > 4:

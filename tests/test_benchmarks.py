@@ -9,13 +9,12 @@ import pandas as pd
 import pytest
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-import bench_proxy_speed  # noqa: E402
-import bench_search  # noqa: E402
-
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root, for benchmarks.*
 from autokd.proxies import classifier_grad, relation_gram  # noqa: E402
 from autokd.search import SearchConfig, prepare  # noqa: E402
 from autokd.spaces import load_space  # noqa: E402
+from benchmarks.ranking import bench_proxy_speed  # noqa: E402
+from benchmarks.search import bench_search  # noqa: E402
 
 # A CIFAR teacher far bigger than the students, so that the per-candidate teacher backward of the public
 # procedure dominates even with timing noise.
@@ -121,7 +120,7 @@ def test_search_benchmark_compares_evolution_with_random(tmp_path, capsys):
 
 
 def test_kd_cifar10_benchmark_compares_recipes_to_no_kd(tmp_path, folder, weights):
-    import bench_kd_cifar10
+    from benchmarks.training import bench_kd_cifar10
 
     result = bench_kd_cifar10.main([
         "--data", str(folder), "--teacher", "resnet20_cifar", "--teacher-weights", str(weights),
@@ -138,10 +137,9 @@ def test_kd_cifar10_benchmark_compares_recipes_to_no_kd(tmp_path, folder, weight
 
 
 def test_search_quality_compares_autokds_pick_with_hand_and_random(tmp_path, folder, weights, capsys):
-    import bench_search_quality
-
     from autokd.cost import count_macs
     from autokd.spaces import load_space
+    from benchmarks.search import bench_search_quality
 
     result = bench_search_quality.main([
         "--data", str(folder), "--teacher", "resnet20_cifar", "--teacher-weights", str(weights),
@@ -175,7 +173,7 @@ def test_search_quality_compares_autokds_pick_with_hand_and_random(tmp_path, fol
 
 
 def test_end_to_end_training_benchmark_compares_every_path_with_timm(tmp_path, monkeypatch, capsys):
-    import bench_train_e2e
+    from benchmarks.training import bench_train_e2e
 
     if not bench_train_e2e.CIFAR.is_file():
         pytest.skip(f"no CIFAR-10 zip at {bench_train_e2e.CIFAR}")
@@ -197,7 +195,7 @@ def test_end_to_end_training_benchmark_compares_every_path_with_timm(tmp_path, m
 
 
 def test_ground_truth_groups_students_of_one_space_kind_and_seed():
-    import build_ground_truth
+    from benchmarks.ranking import build_ground_truth
 
     cnn = ['{"genes": {"depths": [1, 1, 1], "shortcut": "A", "widths": [8, 8, 8]}, "space": "cifar_resnet"}',
            '{"genes": {"depths": [2, 1, 1], "shortcut": "A", "widths": [8, 8, 8]}, "space": "cifar_resnet"}',

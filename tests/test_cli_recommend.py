@@ -65,8 +65,9 @@ def test_train_recipe_auto_uses_the_kb_and_appends_its_run(capsys, tmp_path, fol
                                   "--out", str(tmp_path / "run2"), "--quiet", "--workers", "0", "--device", "cpu"])
     assert code == 0, err
     assert [line for line in err if "--recipe auto" in line] == [
-        f"autokd: --recipe auto: no knowledge base at {str(empty)!r}: build one (benchmarks/build_recipe_kb.py) or "
-        "give --kb PATH; falling back to the default rule (dist for a cnn->cnn pair)"]
+        f"autokd: --recipe auto: no knowledge base at {str(empty)!r}: build one "
+        "(benchmarks/recipes/build_recipe_kb.py) or give --kb PATH; falling back to the default rule "
+        "(dist for a cnn->cnn pair)"]
     assert not empty.exists()
 
 

@@ -296,7 +296,7 @@ def test_diswot_and_naswot_share_one_forward_without_grad(batch):
 
 
 def test_diswot_runs_one_forward_and_no_backward(batch, monkeypatch):
-    # Speed itself is measured in benchmarks/bench_proxy_speed.py; here: one student forward, no autograd at all.
+    # Speed itself is measured in benchmarks/ranking/bench_proxy_speed.py; here: one student forward, no autograd.
     student = timm.create_model("resnet18", num_classes=NUM_CLASSES)
     ref = teacher_reference(resnet("resnet10t"), batch.images, batch.labels)
     calls = []

@@ -9,10 +9,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-import bench_proxy_quality as bpq  # noqa: E402
-
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root, for benchmarks.*
 from autokd.spaces import ArchSpec  # noqa: E402
+from benchmarks.ranking import bench_proxy_quality as bpq  # noqa: E402
 
 N = 8
 
@@ -97,7 +96,7 @@ def test_seeds_are_averaged(gt_csv):
 
 
 def test_variants_rescore_every_variant_against_the_same_ground_truth(tmp_path, folder, weights):
-    import bench_proxy_variants
+    from benchmarks.ranking import bench_proxy_variants
 
     rows = [{"spec": ArchSpec.make("cifar_resnet", depths=(d, 1, 1), widths=(8, 16, w), shortcut="A").to_json(),
              "macs": 10_000_000, "params": 1000 * (i + 1), "kd_acc": 50.0 + i, "cls_acc": 40.0 + i, "seed": 0,

@@ -8,11 +8,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-import bench_proxy_stability as bps  # noqa: E402
-import bench_ranking_table as brt  # noqa: E402
-
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root, for benchmarks.*
 from autokd.spaces import ArchSpec  # noqa: E402
+from benchmarks.ranking import bench_proxy_stability as bps  # noqa: E402
+from benchmarks.ranking import bench_ranking_table as brt  # noqa: E402
 
 
 def test_stability_of_size_is_one_and_of_a_batch_score_is_measured(tmp_path, capsys):
@@ -79,7 +78,7 @@ def test_an_unstable_row_is_never_the_default(tmp_path):
 
 
 def test_fidelity_benchmark_ranks_the_same_students_every_way_and_resumes_row_by_row(tmp_path, shared_data):
-    import bench_fidelity
+    from benchmarks.ranking import bench_fidelity
 
     out = tmp_path / "fidelity.json"
     argv = ["--small", "--threads", "1", "--out", str(out), "--runs", str(tmp_path / "runs"), "--resamples", "50",

@@ -4,10 +4,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-import build_recipe_kb as build  # noqa: E402
-
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root, for benchmarks.*
 from autokd.recipes.kb import COLUMNS, read_kb  # noqa: E402
+from benchmarks.recipes import build_recipe_kb as build  # noqa: E402
 
 
 def test_tasks_change_the_real_images_as_named(shared_data):

@@ -247,8 +247,8 @@ def test_loto_benchmark_reports_paired_intervals_and_the_seed_noise(tmp_path):
     import sys
     from pathlib import Path
 
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-    import bench_recommend
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root, for benchmarks.*
+    from benchmarks.recipes import bench_recommend
 
     rows = kb_rows()
     again = [{**r, "seed": 1, "student_acc": 105.0 - r["student_acc"]} for r in rows if r["task"] == "t1"]

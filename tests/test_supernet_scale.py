@@ -143,8 +143,8 @@ def test_gpu_benchmark_small_mode_writes_a_winner_inside_each_band(tmp_path):
     out = tmp_path / "result.json"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
     env.pop("WORLD_SIZE", None)
-    command = [sys.executable, str(ROOT / "benchmarks" / "gpu_supernet_vit.py"), "--small", "--threads", "1",
-               "--runs", str(tmp_path / "runs"), "--out", str(out)]
+    command = [sys.executable, str(ROOT / "benchmarks" / "training" / "gpu_supernet_vit.py"), "--small",
+               "--threads", "1", "--runs", str(tmp_path / "runs"), "--out", str(out)]
     proc = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(out.read_text())

@@ -320,7 +320,7 @@ def test_student_from_timm_and_unknown_names():
 # ------------------------------------------------------------------------------------------------ benchmark
 def test_throughput_benchmark_runs_small(tmp_path, capsys):
     spec = importlib.util.spec_from_file_location("bench_train_throughput",
-                                                  ROOT / "benchmarks" / "bench_train_throughput.py")
+                                                  ROOT / "benchmarks" / "training" / "bench_train_throughput.py")
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
     out = tmp_path / "bench.json"

@@ -146,8 +146,8 @@ def read_kb(path: str | Path, *, missing_ok: bool = False) -> pd.DataFrame:
     if not path.is_file():
         if missing_ok:
             return pd.DataFrame(columns=list(COLUMNS))
-        raise AutokdError(f"no knowledge base at {str(path)!r}: build one (benchmarks/build_recipe_kb.py) or give "
-                          "--kb PATH")
+        raise AutokdError(f"no knowledge base at {str(path)!r}: build one "
+                          "(benchmarks/recipes/build_recipe_kb.py) or give --kb PATH")
     try:
         frame = pd.read_csv(path)
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:

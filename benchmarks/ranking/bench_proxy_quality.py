@@ -7,7 +7,7 @@ Kendall tau and Spearman rho against kd_acc and cls_acc with seeded bootstrap 95
 the proxy's top pick. DisWOT's two terms are distances (lower = closer); they are negated here so that higher is
 better for every proxy.
 
-    python benchmarks/bench_proxy_quality.py --gt benchmarks/results/gt_cifar10.csv \
+    python benchmarks/ranking/bench_proxy_quality.py --gt benchmarks/results/gt_cifar10.csv \
         --data ../shared/data/cifar10-jpeg.zip --teacher resnet56_cifar --teacher-weights T.th
 """
 
@@ -22,12 +22,11 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import RESULTS_DIR, machine, print_table, write_json  # noqa: E402
-
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repository root, for benchmarks.*
 from autokd.io import write_csv  # noqa: E402
 from autokd.proxies.aggregate import aggregate_terms, oriented, population_aggregate  # noqa: E402
 from autokd.spaces import ArchSpec  # noqa: E402
+from benchmarks.common import RESULTS_DIR, machine, print_table, write_json  # noqa: E402
 
 # the proxies rescored by default: every registered proxy (params, macs, depth, layers come with the costs)
 SCORED = ("all",)
@@ -90,7 +89,7 @@ def bootstrap_ci(x: np.ndarray, y: np.ndarray, statistic, n_resamples: int = 200
     x, y = np.asarray(x, float), np.asarray(y, float)
     rng = np.random.default_rng(seed)
     idx = rng.integers(0, len(x), size=(n_resamples, len(x)))
-    if statistic in ROW_STATISTICS:
+    if statistic in ROW_STATISTICS and len(x) <= 200:  # the all-pairs arrays grow as n^2 per resample
         values = np.concatenate([ROW_STATISTICS[statistic](x[chunk], y[chunk])
                                  for chunk in np.array_split(idx, max(1, n_resamples // 250))])
     else:
@@ -169,7 +168,11 @@ def add_combinations(frame: pd.DataFrame, combinations: tuple[str, ...] = COMBIN
     for name in combinations:
         terms = aggregate_terms(name)
         if terms and all(t in out.columns and out[t].notna().any() for t in terms):
-            out[name] = population_aggregate({t: out[t].to_numpy(float) for t in terms})
+            # ranked among the rows that have every term (a term scored on a smaller sample limits the rest)
+            rows = out[list(terms)].notna().all(axis=1).to_numpy()
+            values = np.full(len(out), np.nan)
+            values[rows] = population_aggregate({t: out.loc[rows, t].to_numpy(float) for t in terms})
+            out[name] = values
     return out
 
 
@@ -260,7 +263,7 @@ def report(frame: pd.DataFrame, proxies: list[str], args: argparse.Namespace, ti
 
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--gt", required=True, help="ground-truth CSV (benchmarks/build_ground_truth.py)")
+    p.add_argument("--gt", required=True, help="ground-truth CSV (benchmarks/ranking/build_ground_truth.py)")
     p.add_argument("--data", help="the data for the scoring batch (not needed when the CSV has proxy columns)")
     p.add_argument("--teacher", default="resnet56_cifar")
     p.add_argument("--teacher-weights", help="the teacher's weights (leave out for a random teacher)")

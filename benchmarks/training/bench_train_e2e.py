@@ -13,9 +13,9 @@ Every figure is images/s from the second epoch on (the first pays one-off costs 
 - K together: `train_students` with K students on one teacher pass; student-images/s = K x its images/s,
   against K x the single student's, live and on the cache.
 
-    python benchmarks/bench_train_e2e.py            # CPU: ResNet-56 -> CIFAR ResNet on the CIFAR-10 JPEG zip
-    python benchmarks/bench_train_e2e.py --gpu      # GPU: ViT-B -> DeiT-Ti, ResNet-50 -> ResNet-18, 224 px
-    python benchmarks/bench_train_e2e.py --small    # a seconds-long run on a tiny pair (what the test runs)
+    python benchmarks/training/bench_train_e2e.py            # CPU: ResNet-56 -> CIFAR ResNet on the CIFAR-10 JPEG zip
+    python benchmarks/training/bench_train_e2e.py --gpu      # GPU: ViT-B -> DeiT-Ti, ResNet-50 -> ResNet-18, 224 px
+    python benchmarks/training/bench_train_e2e.py --small    # a seconds-long run on a tiny pair (what the test runs)
 """
 
 from __future__ import annotations
@@ -43,10 +43,10 @@ from autokd.train import Inputs, Student, build_from_spec, train_students  # noq
 from autokd.train.distributed import DistInfo  # noqa: E402
 from autokd.train.inputs import TrainData  # noqa: E402
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import RESULTS_DIR, machine, print_table, write_json  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repository root, for benchmarks.*
+from benchmarks.common import RESULTS_DIR, machine, print_table, write_json  # noqa: E402
 
-SHARED = Path(__file__).resolve().parents[2] / "shared"
+SHARED = Path(__file__).resolve().parents[3] / "shared"
 CIFAR = SHARED / "data" / "cifar10-jpeg.zip"
 IMAGENETTE = SHARED / "data" / "imagenette-160.zip"
 RESNET56 = SHARED / "teachers" / "cifar10_resnet56-4bfd9763.th"

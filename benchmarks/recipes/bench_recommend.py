@@ -8,7 +8,7 @@ with each one's regret, the paired bootstrap interval of the regret differences,
 run on two seeds: how far the best recipe of one seed is from the best of the other). Prints the table, writes
 benchmarks/results/recommend_loto.{csv,json} and the README's per-task table, recommend_loto.md.
 
-    python benchmarks/bench_recommend.py [--kb PATH] [--runs-only]
+    python benchmarks/recipes/bench_recommend.py [--kb PATH] [--runs-only]
 """
 
 from __future__ import annotations
@@ -17,9 +17,7 @@ import argparse
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import RESULTS_DIR, machine, markdown_table  # noqa: E402
-
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repository root, for benchmarks.*
 from autokd.io import write_csv, write_json, write_text  # noqa: E402
 from autokd.recipes.kb import read_kb  # noqa: E402
 from autokd.recipes.loto import (  # noqa: E402
@@ -28,6 +26,7 @@ from autokd.recipes.loto import (  # noqa: E402
     paired_difference_ci,
     seed_agreement,
 )
+from benchmarks.common import RESULTS_DIR, machine, markdown_table  # noqa: E402
 
 
 def per_task_markdown(frame, summary: dict, top: int) -> str:

@@ -8,7 +8,7 @@ default score), the CPU seconds per candidate, and the same for the rank aggrega
 depend on the teacher: a setting whose students were scored already (same space, size, budget, data) reuses them
 and rescores only the teacher-aware ones (DisWOT).
 
-    python benchmarks/bench_proxy_stability.py --data ../shared/data/cifar10-jpeg.zip --students 200 \
+    python benchmarks/ranking/bench_proxy_stability.py --data ../shared/data/cifar10-jpeg.zip --students 200 \
         --setting "resnet56_cifar:cifar_resnet:50M" --setting "resnet56_cifar:vit:50M"
 A setting is TEACHER:SPACE:BUDGET[:IMG_SIZE][:trained]; the teacher is scored as a random copy unless ':trained'.
 """
@@ -25,9 +25,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_proxy_quality import COMBINATIONS, add_combinations, kendall_tau, oriented_column  # noqa: E402
-from common import RESULTS_DIR, machine, print_table, write_json  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repository root, for benchmarks.*
+from benchmarks.common import RESULTS_DIR, machine, print_table, write_json  # noqa: E402
+from benchmarks.ranking.bench_proxy_quality import COMBINATIONS, add_combinations, kendall_tau, oriented_column  # noqa: E402
 
 PASS_TAU = 0.8
 #: proxies whose score depends on the teacher (rescored per teacher)

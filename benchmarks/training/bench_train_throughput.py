@@ -11,9 +11,9 @@ of every path alike):
 MFU is the model FLOPs each path executes (2 x fvcore MACs: teacher forward + 3 x student forward, no teacher
 with the cache) per second, over the GPU's dense bf16 peak (datasheet) or the measured matmul peak.
 
-    python benchmarks/bench_train_throughput.py              # GPU: vit_b -> deit_t and resnet50 -> resnet18
-    python benchmarks/bench_train_throughput.py --compile    # also the torch.compile paths
-    python benchmarks/bench_train_throughput.py --small      # CPU-sized models at 64 px (what the test runs)
+    python benchmarks/training/bench_train_throughput.py              # GPU: vit_b -> deit_t and resnet50 -> resnet18
+    python benchmarks/training/bench_train_throughput.py --compile    # also the torch.compile paths
+    python benchmarks/training/bench_train_throughput.py --small      # CPU-sized models at 64 px (what the test runs)
 """
 
 from __future__ import annotations
@@ -42,8 +42,8 @@ from autokd.teachers import Teacher, resolve_teacher  # noqa: E402
 from autokd.train import Batch, Student, Trainer, TrainOptions  # noqa: E402
 from autokd.train.distributed import DistInfo  # noqa: E402
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import RESULTS_DIR, machine, matmul_peak, print_table, write_json  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repository root, for benchmarks.*
+from benchmarks.common import RESULTS_DIR, machine, matmul_peak, print_table, write_json  # noqa: E402
 
 PAIRS = [("vit_base_patch16_224", "deit_tiny_patch16_224", 224), ("resnet50", "resnet18", 224)]
 SMALL_PAIRS = [("test_vit2", "test_vit", 64), ("test_resnet", "test_convnext", 64)]

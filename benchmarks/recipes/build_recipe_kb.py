@@ -10,8 +10,8 @@ batch `--batch-size`. Rows go to benchmarks/results/recipe_kb.csv as runs finish
 run again, a finished run folder is reused and an interrupted one resumes from its last.pt, so the same command
 continues a killed build. `--published` adds the CIFAR-100 KD tables of ../shared/reference (source=published).
 
-    python benchmarks/build_recipe_kb.py --device cuda --epochs 15 --seeds 2 --published     # the starter KB
-    python benchmarks/build_recipe_kb.py --small --out /tmp/kb.csv                          # about a minute
+    python benchmarks/recipes/build_recipe_kb.py --device cuda --epochs 15 --seeds 2 --published     # the starter KB
+    python benchmarks/recipes/build_recipe_kb.py --small --out /tmp/kb.csv                          # about a minute
 """
 
 from __future__ import annotations
@@ -27,9 +27,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import RESULTS_DIR  # noqa: E402
-
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repository root, for benchmarks.*
 from autokd.data import ImageDataset, load_data, stratified_subset  # noqa: E402
 from autokd.data.datasets import LabeledImages  # noqa: E402
 from autokd.data.split import SubsetImages  # noqa: E402
@@ -48,8 +46,9 @@ from autokd.spaces import ArchSpec  # noqa: E402
 from autokd.teachers import resolve_teacher  # noqa: E402
 from autokd.train import TrainResult, build_from_spec, finetune_teacher, no_kd, train_student  # noqa: E402
 from autokd.train.inputs import Inputs  # noqa: E402
+from benchmarks.common import RESULTS_DIR  # noqa: E402
 
-SHARED = Path(__file__).resolve().parents[2] / "shared"
+SHARED = Path(__file__).resolve().parents[3] / "shared"
 CIFAR, IMAGENETTE = SHARED / "data" / "cifar10-jpeg.zip", SHARED / "data" / "imagenette-160.zip"
 TEACHER_WEIGHTS = SHARED / "teachers" / "cifar10_resnet56-4bfd9763.th"
 PAIRS = {  # pair name -> (student family, spec)

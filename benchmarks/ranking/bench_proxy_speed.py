@@ -9,8 +9,8 @@
     (classifier-weight gradient of cross-entropy from autograd), the student forward and backward, then the same
     M_r / M_s distances (autokd.proxies). This is the baseline, kept here and not in the library.
 
-    python benchmarks/bench_proxy_speed.py                      # vit_b teacher, 224 px, batch 32, 1 GMAC, vit
-    python benchmarks/bench_proxy_speed.py --teacher resnet20_cifar --img-size 32 --budget 25M \
+    python benchmarks/ranking/bench_proxy_speed.py                      # vit_b teacher, 224 px, batch 32, 1 GMAC, vit
+    python benchmarks/ranking/bench_proxy_speed.py --teacher resnet20_cifar --img-size 32 --budget 25M \
         --space cifar_resnet --candidates 5 --baseline-candidates 2     # a quick run
 """
 
@@ -40,8 +40,8 @@ from autokd.search import SearchConfig, prepare
 from autokd.search.evaluate import ESTIMATE_TOLERANCE, CandidateEvaluator, spec_seed
 from autokd.spaces import ArchSpec
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import (  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repository root, for benchmarks.*
+from benchmarks.common import (  # noqa: E402
     NOISE_NOTE,
     RESULTS_DIR,
     Timer,

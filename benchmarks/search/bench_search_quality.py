@@ -11,8 +11,8 @@ Reports test top-1 (mean over seeds) and total time (a fresh search + every trai
 training found in --runs is reused and counted with its recorded time), and each arm's gain over the strongest
 other arm; writes results/search_quality.json.
 
-    python benchmarks/bench_search_quality.py --device cuda --epochs 30 --seeds 2          # GPU
-    python benchmarks/bench_search_quality.py --device cpu --subset 4000 --test-subset 2000 --epochs 3   # CPU
+    python benchmarks/search/bench_search_quality.py --device cuda --epochs 30 --seeds 2          # GPU
+    python benchmarks/search/bench_search_quality.py --device cpu --subset 4000 --test-subset 2000 --epochs 3   # CPU
 """
 
 from __future__ import annotations
@@ -28,9 +28,7 @@ from pathlib import Path
 import optuna
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import RESULTS_DIR, machine, print_table, write_json  # noqa: E402
-
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repository root, for benchmarks.*
 from autokd.cost import Budget, count_macs  # noqa: E402
 from autokd.data import load_data, subset_data  # noqa: E402
 from autokd.pipeline import distinct_candidates  # noqa: E402
@@ -39,8 +37,9 @@ from autokd.search import SearchConfig, run_search  # noqa: E402
 from autokd.spaces import ArchSpec, load_space  # noqa: E402
 from autokd.teachers import resolve_teacher  # noqa: E402
 from autokd.train import build_from_spec, train_student  # noqa: E402
+from benchmarks.common import RESULTS_DIR, machine, print_table, write_json  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 SHARED = ROOT.parent / "shared"
 SPACE, IMG_SIZE = "cifar_resnet", 32
 RESNET20 = ArchSpec.make(SPACE, depths=(3, 3, 3), widths=(16, 32, 64), shortcut="A")

@@ -6,9 +6,9 @@ batch and teacher reference. Reported per sampler: wall time, trials/min, the be
 the top 10; and evolution's gain over random (a difference: scores are negative distances) and the trials/min
 ratio.
 
-    python benchmarks/bench_search.py                                   # vit_b, 1 GMAC, 200 trials, seed 0
-    python benchmarks/bench_search.py --seeds 0,1,2 --trials 100
-    python benchmarks/bench_search.py --teacher resnet20_cifar --budget 25M --space cifar_resnet --trials 20 \
+    python benchmarks/search/bench_search.py                                   # vit_b, 1 GMAC, 200 trials, seed 0
+    python benchmarks/search/bench_search.py --seeds 0,1,2 --trials 100
+    python benchmarks/search/bench_search.py --teacher resnet20_cifar --budget 25M --space cifar_resnet --trials 20 \
         --population 8 --tournament 3                                    # a quick run
 """
 
@@ -30,8 +30,8 @@ from optuna.trial import TrialState
 from autokd.proxies.aggregate import DEFAULT_OBJECTIVE
 from autokd.search import SearchConfig, SearchResult, run_search
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import NOISE_NOTE, RESULTS_DIR, machine, print_table, resolve_device, write_json  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repository root, for benchmarks.*
+from benchmarks.common import NOISE_NOTE, RESULTS_DIR, machine, print_table, resolve_device, write_json  # noqa: E402
 
 NAME = "search"
 SAMPLERS = ("evolution", "random")  # the second is the baseline

@@ -6,7 +6,7 @@ Kendall tau against the ground truth's KD accuracy [bootstrap 95% CI] and the to
 the held-out accuracy after the first epoch (every student), and the refine ranking (furthest rung first), with
 the refine's seconds in the same run.
 
-    python benchmarks/bench_refine.py --gt benchmarks/results/gt_cifar10_v2.csv --space cifar_resnet \
+    python benchmarks/ranking/bench_refine.py --gt benchmarks/results/gt_cifar10_v2.csv --space cifar_resnet \
         --teacher-weights runs/gt_cifar10_v2/teacher/best.pt --images 2000 --epochs 3 --eta 3
 """
 
@@ -22,16 +22,15 @@ import numpy as np
 import pandas as pd
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_proxy_quality import ranking_row, read_ground_truth  # noqa: E402
-from build_ground_truth import DEFAULT_DATA, IMG_SIZE  # noqa: E402
-from common import RESULTS_DIR, machine, print_table, write_json  # noqa: E402
-
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repository root, for benchmarks.*
 from autokd.data import ImageDataset, load_data  # noqa: E402
 from autokd.recipes import Recipe, default_recipe, load_recipe  # noqa: E402
 from autokd.search.refine import RefineConfig, refine  # noqa: E402
 from autokd.spaces import ArchSpec  # noqa: E402
 from autokd.teachers import Teacher, resolve_teacher  # noqa: E402
+from benchmarks.common import RESULTS_DIR, machine, print_table, write_json  # noqa: E402
+from benchmarks.ranking.bench_proxy_quality import ranking_row, read_ground_truth  # noqa: E402
+from benchmarks.ranking.build_ground_truth import DEFAULT_DATA, IMG_SIZE  # noqa: E402
 
 
 def refine_ranking(gt: pd.DataFrame, order: np.ndarray, teacher: Teacher, data: ImageDataset, recipe: Recipe,

@@ -10,8 +10,9 @@ scratch, and both test top-1s are reported. Writes benchmarks/results/supernet_f
 Held-out scoring images come from the training subset (the search never reads the test split); kd_acc is the
 ground truth's test accuracy.
 
-    python benchmarks/bench_supernet_fidelity.py --small            # a smoke run, minutes
-    python benchmarks/bench_supernet_fidelity.py --epochs 20 --bands 1,3 --finetune-teacher 2 --finetune-epochs 4
+    python benchmarks/ranking/bench_supernet_fidelity.py --small            # a smoke run, minutes
+    python benchmarks/ranking/bench_supernet_fidelity.py --epochs 20 --bands 1,3 --finetune-teacher 2 \
+        --finetune-epochs 4
 """
 
 from __future__ import annotations
@@ -28,11 +29,7 @@ import pandas as pd
 import torch
 from torch.utils.data import DataLoader
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_proxy_quality import kendall_tau  # noqa: E402
-from build_ground_truth import DEFAULT_DATA, DEFAULT_WEIGHTS, IMG_SIZE, teacher_weights  # noqa: E402
-from common import RESULTS_DIR, machine, write_json  # noqa: E402
-
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repository root, for benchmarks.*
 from autokd.data import ImageDataset, load_data, subset_data  # noqa: E402
 from autokd.io import write_csv  # noqa: E402
 from autokd.recipes import Recipe, load_recipe  # noqa: E402
@@ -50,6 +47,9 @@ from autokd.supernet import (  # noqa: E402
 from autokd.supernet.evaluate import supernet_loaders  # noqa: E402
 from autokd.teachers import Teacher, resolve_teacher  # noqa: E402
 from autokd.train import Student, train_student  # noqa: E402
+from benchmarks.common import RESULTS_DIR, machine, write_json  # noqa: E402
+from benchmarks.ranking.bench_proxy_quality import kendall_tau  # noqa: E402
+from benchmarks.ranking.build_ground_truth import DEFAULT_DATA, DEFAULT_WEIGHTS, IMG_SIZE, teacher_weights  # noqa: E402
 
 GT = RESULTS_DIR / "gt_cifar10_v2.csv"
 

@@ -12,7 +12,7 @@ measured) and that keep a search fast: at most `SPEED_LIMIT_S` CPU seconds per c
 choice is judged leave-one-ground-truth-out: for each ground truth, the row with the best mean tau on the others
 is picked and its tau on the held-out one is reported, never the row's own best.
 
-    python benchmarks/bench_ranking_table.py \
+    python benchmarks/ranking/bench_ranking_table.py \
         --gt s1=benchmarks/results/scores_s1.csv --gt c10=benchmarks/results/scores_c10.csv:space \
         --seeds c10=benchmarks/results/gt_cifar10_v2.csv --stability benchmarks/results/proxy_stability.json \
         --cost benchmarks/results/proxy_cost_224.json
@@ -31,8 +31,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_proxy_quality import (  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repository root, for benchmarks.*
+from autokd.io import write_text  # noqa: E402
+from benchmarks.common import RESULTS_DIR, machine, markdown_table, print_table, write_json  # noqa: E402
+from benchmarks.ranking.bench_proxy_quality import (  # noqa: E402
     COMBINATIONS,
     add_combinations,
     bootstrap_ci,
@@ -41,9 +43,6 @@ from bench_proxy_quality import (  # noqa: E402
     score_keys,
     top_pick_rank,
 )
-from common import RESULTS_DIR, machine, markdown_table, print_table, write_json  # noqa: E402
-
-from autokd.io import write_text  # noqa: E402
 
 BASELINES = ("params", "macs")
 SPEED_LIMIT_S = 1.0

@@ -13,12 +13,13 @@ partial run already gives seed pairs spread over the MACs range; `--seeds-last` 
 before any second one, so that a partial run spans more students.
 
 GPU (small models share one GPU well; several processes at once):
-    python benchmarks/build_ground_truth.py --device cuda --workers 6 --students 48 --vit-students 24 \
+    python benchmarks/ranking/build_ground_truth.py --device cuda --workers 6 --students 48 --vit-students 24 \
         --budgets 12M,25M,50M --recipe auto --epochs 30 --seeds 2 --finetune-epochs 15 --teacher-cache
 CPU (a subset of the training split, few epochs; the note column says so), the committed ground truth:
-    python benchmarks/build_ground_truth.py --device cpu --workers 2 --threads 1 --students 42 --vit-students 21 \
-        --budgets 12M,25M,50M --recipe auto --kinds kd --seeds 2 --epochs 4 --subset 4000 --test-subset 2000 \
-        --finetune-epochs 2 --teacher-cache --runs runs/gt_cifar10_v2 --out benchmarks/results/gt_cifar10_v2.csv
+    python benchmarks/ranking/build_ground_truth.py --device cpu --workers 2 --threads 1 --students 42 \
+        --vit-students 21 --budgets 12M,25M,50M --recipe auto --kinds kd --seeds 2 --epochs 4 --subset 4000 \
+        --test-subset 2000 --finetune-epochs 2 --teacher-cache --runs runs/gt_cifar10_v2 \
+        --out benchmarks/results/gt_cifar10_v2.csv
 """
 
 from __future__ import annotations
@@ -38,12 +39,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import RESULTS_DIR  # noqa: E402
-
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repository root, for benchmarks.*
 from autokd.data import subset_data  # noqa: E402
+from benchmarks.common import RESULTS_DIR  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 SHARED = ROOT.parent / "shared"
 DEFAULT_WEIGHTS = SHARED / "teachers" / "cifar10_resnet56-4bfd9763.th"
 DEFAULT_DATA = SHARED / "data" / "cifar10-jpeg.zip"
@@ -263,7 +263,7 @@ def main(argv: list[str] | None = None) -> Path:
     p.add_argument("--recipe", default="kd",
                    help="the recipe for every student (cls: the same without KD); auto: one per family")
     p.add_argument("--cnn-recipe", default="dist", help="CNN students' recipe under --recipe auto")
-    p.add_argument("--vit-recipe", default=str(ROOT / "benchmarks" / "recipes" / "gt_vit.yaml"),
+    p.add_argument("--vit-recipe", default=str(Path(__file__).resolve().parent / "gt_vit.yaml"),
                    help="ViT students' recipe under --recipe auto")
     p.add_argument("--kinds", default="kd,cls", help="kd (distilled), cls (no KD) or both (default kd,cls)")
     p.add_argument("--teacher-cache", action="store_true",

@@ -9,9 +9,9 @@ pick's true rank, CPU-minutes. Beside them, the noise ceiling: tau between two s
 one subnet distilled from its inherited weights against the same architecture from scratch. Rows are written as
 they finish (benchmarks/results/fidelity.json); the same command skips the rows already there.
 
-    python benchmarks/bench_fidelity.py --small                                      # a smoke run, minutes
-    python benchmarks/bench_fidelity.py --teacher-weights runs/gt_cifar10_v2/teacher/best.pt --finetune-teacher 0 \
-        --students 24 --refine 1000x2,2000x3,4000x3 --supernets 1x2,1x4,3x4,1x8 --threads 1
+    python benchmarks/ranking/bench_fidelity.py --small                              # a smoke run, minutes
+    python benchmarks/ranking/bench_fidelity.py --teacher-weights runs/gt_cifar10_v2/teacher/best.pt \
+        --finetune-teacher 0 --students 24 --refine 1000x2,2000x3,4000x3 --supernets 1x2,1x4,3x4,1x8 --threads 1
 """
 
 from __future__ import annotations
@@ -27,10 +27,16 @@ import numpy as np
 import pandas as pd
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_proxy_quality import add_combinations, bootstrap_ci, kendall_tau, ranking_row, rescore  # noqa: E402
-from bench_refine import refine_ranking  # noqa: E402
-from bench_supernet_fidelity import (  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repository root, for benchmarks.*
+from autokd.data import load_data  # noqa: E402
+from autokd.proxies.aggregate import DEFAULT_OBJECTIVE, aggregate_terms  # noqa: E402
+from autokd.recipes import default_recipe, load_recipe  # noqa: E402
+from autokd.search.refine import RefineConfig  # noqa: E402
+from autokd.spaces import ArchSpec, load_space  # noqa: E402
+from benchmarks.common import RESULTS_DIR, machine, print_table, write_json  # noqa: E402
+from benchmarks.ranking.bench_proxy_quality import add_combinations, bootstrap_ci, kendall_tau, ranking_row, rescore  # noqa: E402
+from benchmarks.ranking.bench_refine import refine_ranking  # noqa: E402
+from benchmarks.ranking.bench_supernet_fidelity import (  # noqa: E402
     SupernetData,
     add_gt_args,
     ground_truth,
@@ -38,14 +44,7 @@ from bench_supernet_fidelity import (  # noqa: E402
     inherited_vs_scratch,
     supernet_scores,
 )
-from build_ground_truth import IMG_SIZE  # noqa: E402
-from common import RESULTS_DIR, machine, print_table, write_json  # noqa: E402
-
-from autokd.data import load_data  # noqa: E402
-from autokd.proxies.aggregate import DEFAULT_OBJECTIVE, aggregate_terms  # noqa: E402
-from autokd.recipes import default_recipe, load_recipe  # noqa: E402
-from autokd.search.refine import RefineConfig  # noqa: E402
-from autokd.spaces import ArchSpec, load_space  # noqa: E402
+from benchmarks.ranking.build_ground_truth import IMG_SIZE  # noqa: E402
 
 
 def pairs(text: str) -> list[tuple[int, int]]:

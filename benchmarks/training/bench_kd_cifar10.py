@@ -3,8 +3,8 @@
 Every recipe trains the same ResNet-20 (same init seed) for the same epochs; the table gives test top-1 and wall
 time per run, the teacher's own top-1, and each recipe's gain over no KD (the baseline in the same run).
 
-    python benchmarks/bench_kd_cifar10.py                          # GPU: full data, 30 epochs, 2 fine-tune epochs
-    python benchmarks/bench_kd_cifar10.py --subset 5000 --test-subset 2000 --epochs 3 --finetune-epochs 1   # CPU
+    python benchmarks/training/bench_kd_cifar10.py                       # GPU: full data, 30 epochs, 2 fine-tune epochs
+    python benchmarks/training/bench_kd_cifar10.py --subset 5000 --test-subset 2000 --epochs 3 --finetune-epochs 1 # CPU
 """
 
 from __future__ import annotations
@@ -17,16 +17,15 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import machine, print_table, write_json  # noqa: E402
-
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repository root, for benchmarks.*
 from autokd.data import load_data, subset_data  # noqa: E402
 from autokd.recipes import load_recipe  # noqa: E402
 from autokd.spaces.cifar_resnet import CifarResNet  # noqa: E402
 from autokd.teachers import resolve_teacher  # noqa: E402
 from autokd.train import finetune_teacher, train_student  # noqa: E402
+from benchmarks.common import machine, print_table, write_json  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 SHARED = ROOT.parent / "shared"
 
 

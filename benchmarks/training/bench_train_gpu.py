@@ -4,8 +4,8 @@ ViT-B -> DeiT-Ti and ResNet-50 -> ResNet-18 at 224 px, bf16 autocast, channels_l
 without torch.compile and the teacher cache, with MFU (bench_train_throughput.py), then `autokd train` end to
 end against timm's loop, the cache from the second student on and K students together (bench_train_e2e.py).
 
-    python benchmarks/bench_train_gpu.py                      # on the GPU: benchmarks/results/train_gpu.json
-    python benchmarks/bench_train_gpu.py --small --device cpu # the same command on tiny models (the check)
+    python benchmarks/training/bench_train_gpu.py                      # on the GPU: benchmarks/results/train_gpu.json
+    python benchmarks/training/bench_train_gpu.py --small --device cpu # the same command on tiny models (the check)
 """
 
 from __future__ import annotations
@@ -16,10 +16,12 @@ import sys
 import tempfile
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import bench_train_e2e  # noqa: E402
-import bench_train_throughput  # noqa: E402
-from common import RESULTS_DIR, machine, write_json  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repository root, for benchmarks.*
+from benchmarks.common import RESULTS_DIR, machine, write_json  # noqa: E402
+from benchmarks.training import (
+    bench_train_e2e,  # noqa: E402
+    bench_train_throughput,  # noqa: E402
+)
 
 
 def main(argv: list[str] | None = None) -> int:

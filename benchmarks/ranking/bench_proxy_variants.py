@@ -6,7 +6,7 @@ batches, the relation term on the pooled features instead of the last feature ma
 Kendall tau (95% CI) of DisWOT and its two terms against KD accuracy, beside the params baseline and the
 budget-aware combination (log-rank sum of params and DisWOT, AZ-NAS style), and writes results/proxy_variants.json.
 
-    python benchmarks/bench_proxy_variants.py --gt benchmarks/results/gt_cifar10.csv \
+    python benchmarks/ranking/bench_proxy_variants.py --gt benchmarks/results/gt_cifar10.csv \
         --data ../shared/data/cifar10-jpeg.zip --teacher-weights ../shared/teachers/cifar10_resnet56-4bfd9763.th
 """
 
@@ -17,9 +17,9 @@ import sys
 import tempfile
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import bench_proxy_quality  # noqa: E402
-from common import RESULTS_DIR, machine, print_table, write_json  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repository root, for benchmarks.*
+from benchmarks.common import RESULTS_DIR, machine, print_table, write_json  # noqa: E402
+from benchmarks.ranking import bench_proxy_quality  # noqa: E402
 
 VARIANTS = {
     "trained teacher": ["--score-teacher", "trained"],

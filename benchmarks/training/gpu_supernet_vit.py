@@ -8,8 +8,8 @@ of the vit space by sandwich KD from that teacher and searches each band by held
 Prints and writes the band winners, the seconds of each stage and the device to
 benchmarks/results/gpu_supernet_vit.{json,csv}.
 
-    python benchmarks/gpu_supernet_vit.py            # one H100/H200: about 10 minutes
-    python benchmarks/gpu_supernet_vit.py --small    # the CPU check: a tiny subset at 32 px, ResNet-20 teacher
+    python benchmarks/training/gpu_supernet_vit.py            # one H100/H200: about 10 minutes
+    python benchmarks/training/gpu_supernet_vit.py --small    # the CPU check: a tiny subset at 32 px, ResNet-20 teacher
 """
 
 from __future__ import annotations
@@ -25,9 +25,7 @@ from typing import Any
 import pandas as pd
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import RESULTS_DIR, machine, print_table, resolve_device, write_json  # noqa: E402
-
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repository root, for benchmarks.*
 from autokd.data import ImageDataset, load_data, subset_data  # noqa: E402
 from autokd.data.demo import synthetic_dataset  # noqa: E402
 from autokd.io import write_csv  # noqa: E402
@@ -39,8 +37,9 @@ from autokd.teachers import Teacher, resolve_teacher  # noqa: E402
 from autokd.train import Student, train_student  # noqa: E402
 from autokd.train.distill import no_kd  # noqa: E402
 from autokd.train.inputs import Inputs  # noqa: E402
+from benchmarks.common import RESULTS_DIR, machine, print_table, resolve_device, write_json  # noqa: E402
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "imagenette-160.zip"
+DATA = Path(__file__).resolve().parents[3] / "shared" / "data" / "imagenette-160.zip"
 FULL = dict(img_size=160, teacher="deit_small_patch16_224", teacher_epochs=30, budget=600_000_000, epochs=5,
             trials=24, batch_size=128, pool=200, images=None, test_images=None)
 SMALL = dict(img_size=32, teacher="resnet20_cifar", teacher_epochs=1, budget=100_000_000, epochs=1, trials=3,

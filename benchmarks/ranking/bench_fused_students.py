@@ -5,7 +5,7 @@ module: one kernel per layer for all K instead of K. This measures whether that 
 at hand, for the forward + backward + AdamW step of KD on one shared batch of teacher logits.
 BatchNorm's running statistics cannot update under vmap, so the comparison uses LayerNorm students (ViTs).
 
-    python benchmarks/bench_fused_students.py --device cpu --threads 1
+    python benchmarks/ranking/bench_fused_students.py --device cpu --threads 1
 """
 
 from __future__ import annotations
@@ -21,11 +21,10 @@ import torch
 import torch.nn.functional as F
 from torch.func import functional_call, stack_module_state, vmap
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import RESULTS_DIR, machine, print_table, write_json  # noqa: E402
-
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repository root, for benchmarks.*
 from autokd.spaces import ArchSpec  # noqa: E402
 from autokd.train import build_from_spec  # noqa: E402
+from benchmarks.common import RESULTS_DIR, machine, print_table, write_json  # noqa: E402
 
 SPEC = ('{"genes": {"depth": 4, "embed_dim": 96, "head_dim": 32, "heads": [3, 3, 3, 3], '
         '"mlp_ratio": [2.0, 2.0, 2.0, 2.0], "patch_size": 4, "pool": "avg"}, "space": "vit"}')

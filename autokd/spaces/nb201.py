@@ -54,6 +54,11 @@ def parse_cell(text: str) -> tuple[str, ...]:
     return tuple(ops)
 
 
+def spec_from_cell(text: str, channels: int = 16, cells: int = 5) -> ArchSpec:
+    """The `nb201` spec of a benchmark cell string (the benchmark's own network: 16 channels, 5 cells a stage)."""
+    return ArchSpec.make("nb201", edges=parse_cell(text), channels=channels, cells=cells)
+
+
 class ReLUConvBN(nn.Sequential):
     """ReLU -> conv (no bias) -> BN, the benchmark's conv op."""
 
@@ -194,3 +199,6 @@ def _cell_macs(ops: tuple[str, ...], c: int, area: int) -> int:
 
 def _label(spec: ArchSpec) -> str:
     return cell_string(spec)
+
+
+register_label(NB201Space.name, _label)  # specs read back from a study are named even before a space is loaded

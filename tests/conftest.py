@@ -31,6 +31,14 @@ def shared_teachers() -> Path:
 
 
 @pytest.fixture
+def shared_ground_truth() -> Path:
+    path = SHARED / "ground_truth"
+    if not (path / "nb201_200ep.csv").exists():
+        pytest.skip("../shared/ground_truth is not present")
+    return path
+
+
+@pytest.fixture
 def folder(tmp_path):
     """A tiny ImageFolder: 10 classes x (10 train + 2 test) images of 32 px, colour-coded so they are learnable."""
     rng = np.random.default_rng(0)

@@ -25,11 +25,11 @@ from autokd.spaces.vit import VitSpace
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 TEACHERS = SHARED / "teachers"
 # Each space at a resolution it suits; forward passes use the smaller size to stay fast.
-SPACE_SIZES = [("vit", 224), ("vit", 32), ("resnet", 224), ("mobilenet", 224), ("cifar_resnet", 32)]
-FORWARD_SIZES = [("vit", 32), ("resnet", 64), ("mobilenet", 64), ("cifar_resnet", 32)]
+SPACE_SIZES = [("vit", 224), ("vit", 32), ("resnet", 224), ("mobilenet", 224), ("cifar_resnet", 32), ("nb201", 32)]
+FORWARD_SIZES = [("vit", 32), ("resnet", 64), ("mobilenet", 64), ("cifar_resnet", 32), ("nb201", 32)]
 # The estimate is checked where counting is cheap, at sizes whose odd halvings exercise the padding arithmetic
 # (100 -> 50 -> 25 -> 13 -> 7 -> 4), and on a few specs at 224 px.
-COUNT_SIZES = [("vit", 64), ("resnet", 100), ("mobilenet", 100), ("cifar_resnet", 32)]
+COUNT_SIZES = [("vit", 64), ("resnet", 100), ("mobilenet", 100), ("cifar_resnet", 32), ("nb201", 32)]
 
 
 @pytest.fixture(scope="module")

@@ -19,6 +19,7 @@ from autokd.errors import AutokdError
 
 HEARTBEAT_SECONDS = 60  # a running trial's heartbeat; one silent for 3 beats is failed and retried
 MAX_RETRIES = 2  # a trial killed this many times is left failed
+MEMORY = "memory"  # the storage URL of Optuna's in-memory storage
 _PASSWORD = re.compile(r"^([\w+.-]+://[^:/@?#]*:)(.*)@")
 _QUERY_PASSWORD = re.compile(r"([?&]password=)[^&#]*", re.IGNORECASE)
 
@@ -47,10 +48,13 @@ def _driver_url(url: str) -> str:
 
 
 def open_storage(url: str, heartbeat: int = HEARTBEAT_SECONDS) -> optuna.storages.BaseStorage:
-    """An Optuna RDB storage (SQLite, PostgreSQL, MySQL) or a journal file (`*.log`/`*.jsonl` path).
+    """An Optuna RDB storage (SQLite, PostgreSQL, MySQL), a journal file (`*.log`/`*.jsonl` path), or `memory`
+    (Optuna's in-memory storage: one process, nothing kept after it; for notebooks and replays).
 
     RDB storages beat a heartbeat every `heartbeat` seconds for each running trial; a trial whose worker died is
     failed after three silent beats and queued again with the same architecture (Optuna's retry callback)."""
+    if url == MEMORY:
+        return optuna.storages.InMemoryStorage()
     if "://" not in url:
         if url.endswith((".log", ".jsonl")):
             from optuna.storages.journal import JournalFileBackend

@@ -38,7 +38,7 @@ from autokd.search.evaluate import CandidateEvaluator, sample_reference
 from autokd.search.samplers import BudgetedRandomSampler, RegularizedEvolutionSampler
 from autokd.search.study import find_study
 from autokd.spaces import SearchSpace, available_spaces, default_spaces, load_space
-from autokd.storage import HEARTBEAT_SECONDS, masked_url, open_storage
+from autokd.storage import HEARTBEAT_SECONDS, MEMORY, masked_url, open_storage
 from autokd.teachers import Teacher, resolve_teacher
 
 log = logging.getLogger("autokd")
@@ -155,6 +155,9 @@ def validate(config: SearchConfig) -> Budget:
                           f"{', '.join(RELATION_LAYERS)}")
     if config.trials < 1 or config.workers < 1 or config.score_batches < 1:
         raise AutokdError("--trials, --workers and --score-batches must be at least 1")
+    if config.storage == MEMORY and config.workers > 1:
+        raise AutokdError("--storage memory lives in one process: use one worker, or a sqlite:/// or "
+                          "postgresql:// storage for several")
     if config.timeout is not None and not config.timeout > 0:
         raise AutokdError(f"--timeout must be a positive number of seconds, got {config.timeout}")
     if config.img_size is not None and not 8 <= config.img_size <= 4096:

@@ -139,6 +139,23 @@ def closed_form_baselines(gt: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def stability(seed0: pd.DataFrame, seed1: pd.DataFrame, names: tuple[str, ...]) -> dict:
+    """Kendall tau between two scorings of the same networks (scoring batch, random teacher and inits from seed 0
+    and seed 1), per score and aggregate, in the format `bench_ranking_table.py --stability` reads."""
+    common = sorted(set(seed0["index"]) & set(seed1["index"]))
+    a = with_aggregates(seed0.set_index("index").loc[common].reset_index(), names)
+    b = with_aggregates(seed1.set_index("index").loc[common].reset_index(), names)
+    keys = [k for k in [*score_keys(b), *names] if k in a.columns and k in b.columns]
+    out = {}
+    for key in keys:
+        x, y = oriented_column(a, key), oriented_column(b, key)
+        ok = ~(np.isnan(x) | np.isnan(y))
+        if ok.sum() > 1 and np.ptp(x[ok]) > 0:
+            out[key] = {"tau": kendall_tau(x[ok], y[ok]), "n": int(ok.sum())}
+    return {"settings": {"resnet56_cifar:nb201:all:32 (seed 0 vs seed 1)": {"students": len(common),
+                                                                             "stability": out}}}
+
+
 def naslib_check(c10: pd.DataFrame) -> list[dict]:
     """Kendall tau between autokd's and NAS-Bench-Suite-Zero's value of each proxy on the same networks."""
     theirs = pd.read_csv(NASLIB)
@@ -162,6 +179,8 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--scores", type=Path, default=NB201_DIR, help="folder of score_nb201.py's CSVs")
     p.add_argument("--resamples", type=int, default=1000)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed1", type=Path, default=NB201_DIR / "stability" / "scores_seed1_c10.csv",
+                   help="the same networks scored with --seed 1: the two-batch stability of every score")
     p.add_argument("--out", type=Path, default=NB201_DIR / "nb201_ranking.json")
     args = p.parse_args(argv)
 
@@ -210,7 +229,15 @@ def main(argv: list[str] | None = None) -> dict:
     write_text(args.out.with_suffix(".md"),
                markdown_table(columns, lines) + "\n\n" + markdown_table(
                    ["autokd", "NAS-Bench-Suite-Zero", "tau", "networks", "note"], check_lines) + "\n")
-    result = {"taus": results, "all_networks": on_all, "naslib_check": check, "cpu_seconds_per_network": seconds,
+    stable = None
+    if args.seed1.is_file():
+        stable = stability(c10, pd.read_csv(args.seed1).drop(columns=["head"]), names)
+        write_json(stable, args.out.parent / "proxy_stability_nb201.json")
+        setting = next(iter(stable["settings"].values()))
+        print(f"two-batch stability on {setting['students']} networks: " + ", ".join(
+            f"{k} {v['tau']:+.2f}" for k, v in setting["stability"].items()))
+    result = {"taus": results, "stability": stable, "all_networks": on_all, "naslib_check": check,
+              "cpu_seconds_per_network": seconds,
               "published": PUBLISHED, "sample_sizes": {d: len(f) for d, f in frames.items()}, "machine": machine()}
     print(f"wrote {write_json(result, args.out)} and {args.out.with_suffix('.md')}")
     return result

@@ -18,7 +18,8 @@ is picked and its tau on the held-out one is reported, never the row's own best.
         --cost benchmarks/results/proxy_cost_224.json
 `NAME=CSV:space` also makes one ground truth per search space of the CSV (NAME/cifar_resnet, NAME/vit).
 `--shown NAME=CSV[:space]` adds a ground truth to the table that neither the mean nor the choices count (one
-that a rebuilt ground truth supersedes).
+that a rebuilt ground truth supersedes). `--group NAME=GT1,GT2` counts several ground truths once, by their mean
+tau (e.g. NAS-Bench-201's CIFAR-10 and CIFAR-100 columns, one benchmark).
 """
 
 from __future__ import annotations
@@ -131,6 +132,15 @@ def cpu_seconds(path: str | None, keys: list[str]) -> dict[str, float]:
     return out
 
 
+def grouped(table: dict[str, dict[str, dict]], groups: dict[str, list[str]]) -> dict[str, dict[str, dict]]:
+    """The table with each group's ground truths replaced by one whose tau is their mean (rows all of them have)."""
+    out = {g: t for g, t in table.items() if not any(g in members for members in groups.values())}
+    for name, members in groups.items():
+        rows = set.intersection(*(set(table[m]) for m in members))
+        out[name] = {r: {"tau": float(np.mean([table[m][r]["tau"] for m in members]))} for r in rows}
+    return out
+
+
 def leave_one_out(table: dict[str, dict[str, dict]], eligible: list[str]) -> dict[str, dict]:
     """For each ground truth: the eligible row with the best mean tau on the others, and its tau there."""
     out = {}
@@ -149,6 +159,8 @@ def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--gt", action="append", required=True, help="NAME=SCORES_CSV[:space] (repeatable)")
     p.add_argument("--shown", action="append", help="NAME=SCORES_CSV[:space]: in the table, not in the mean")
+    p.add_argument("--group", action="append", default=[],
+                   help="NAME=GT1,GT2: count these ground truths once, by their mean tau (repeatable)")
     p.add_argument("--seeds", action="append",
                    help="NAME=GROUND_TRUTH_CSV with two seeds per student: the noise ceiling of NAME (repeatable)")
     p.add_argument("--stability", action="append", help="a bench_proxy_stability.py JSON (repeatable)")
@@ -177,12 +189,17 @@ def main(argv: list[str] | None = None) -> dict:
                                             args.seed)
     stable, settings = worst_stability(args.stability or [])
     seconds = cpu_seconds(args.cost, rows)
-    mean = {r: float(np.mean([table[g][r]["tau"] for g in table if r in table[g]])) for r in rows}
+    groups = {name: members.split(",") for name, _, members in (g.partition("=") for g in args.group)}
+    unknown = [m for members in groups.values() for m in members if m not in table]
+    if unknown:
+        raise SystemExit(f"--group names ground truths that --gt does not give: {unknown}")
+    counted = grouped(table, groups)  # each benchmark once
+    mean = {r: float(np.mean([counted[g][r]["tau"] for g in counted if r in counted[g]])) for r in rows}
     # a default must read every model: rows that some ground truth could not judge are shown, not chosen
     eligible = [r for r in complete
                 if stable.get(r, -1.0) >= 0.8 and seconds.get(r, float("inf")) <= SPEED_LIMIT_S]
     default = max(eligible, key=mean.get) if eligible else None
-    loo = leave_one_out(table, eligible)
+    loo = leave_one_out(counted, eligible)
     best_size = {g: max(table[g][b]["tau"] for b in BASELINES if b in table[g]) for g in table}
 
     everything = {**table, **shown}
@@ -198,21 +215,24 @@ def main(argv: list[str] | None = None) -> dict:
     ceiling_row = ["noise ceiling (seed 0 vs 1)",
                    *[(f"{c['tau']:+.2f} [{c['tau_ci'][0]:+.2f}, {c['tau_ci'][1]:+.2f}] (n {c['n']})"
                       if (c := ceilings.get(g)) else "n/a") for g in everything], "", "", ""]
-    loo_row = ["leave-one-out pick", *[(f"{loo[g]['tau']:+.2f} ({loo[g]['pick']})" if g in loo else "-")
-                                       for g in everything], "", "", ""]
+    loo_row = ["leave-one-out pick", *[(f"{loo[g]['tau']:+.2f} ({loo[g]['pick']})" if g in loo else
+                                        f"in {n}: {loo[n]['tau']:+.2f} ({loo[n]['pick']})" if n in loo else "-")
+                                       for g in everything
+                                       for n in [next((k for k, m in groups.items() if g in m), g)]], "", "", ""]
     goal = ", ".join(f"{g} {'yes' if table[g][default]['tau'] >= best_size[g] + 0.05 else 'no'} "
                      f"({table[g][default]['tau'] - best_size[g]:+.2f})" for g in table) if default else "-"
     print_table("every score on every ground truth: Kendall tau vs KD accuracy", columns,
                 [*lines, ceiling_row, loo_row],
                 [f"default (best mean tau among rows stable >= 0.8 on {', '.join(settings) or 'nothing measured'}"
                  f" and <= {SPEED_LIMIT_S:g} CPU s per candidate): {default}",
-                 f"beats the better of params and MACs by >= +0.05 on: {goal}"])
+                 f"beats the better of params and MACs by >= +0.05 on: {goal}",
+                 *[f"{name} counts once: the mean of {', '.join(m)}" for name, m in groups.items()]])
     write_text(args.markdown, markdown_table(["score", *columns[1:]], [*lines, ceiling_row, loo_row]))
     result = {"ground_truths": {g: len(f) for g, f in gts.items()}, "table": table, "shown": shown,
               "eligible": eligible, "speed_limit_s": SPEED_LIMIT_S,
               "shown_ground_truths": {g: len(f) for g, f in shown_gts.items()}, "mean_tau": mean,
               "stability_worst": stable, "stability_settings": settings, "cpu_seconds": seconds,
-              "noise_ceiling": ceilings, "default": default, "leave_one_out": loo,
+              "noise_ceiling": ceilings, "default": default, "leave_one_out": loo, "groups": groups,
               "best_size_baseline": best_size, "machine": machine()}
     print(f"wrote {write_json(result, Path(args.out))} and {args.markdown}")
     return result

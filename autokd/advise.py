@@ -11,7 +11,7 @@ from typing import Any
 import pandas as pd
 from rich.table import Table
 
-from autokd.recipes.kb import append_rows, pair_columns
+from autokd.recipes.kb import append_rows, describe_sources, pair_columns
 from autokd.recipes.recipe import Recipe, with_overrides
 from autokd.recipes.recommend import Recommendation, auto_recipe, kb_rows_of_results, task_profile
 
@@ -37,10 +37,12 @@ def student_profile(profile: dict[str, Any], student: Any, img_size: int) -> dic
     return {**profile, **pair}
 
 
-def recipe_auto(kb: str | None, profile: dict[str, Any], **overrides: Any) -> tuple[Recipe, str]:
-    """`--recipe auto`: the top recommendation (or the default rule, with the reason), with the command-line
-    overrides (epochs, batch_size, lr, teacher_cache); and the line to show."""
-    recipe, note = auto_recipe(kb, profile)
+def recipe_auto(kb: str | None, profile: dict[str, Any], starter: bool = True,
+                **overrides: Any) -> tuple[Recipe, str]:
+    """`--recipe auto`: the top recommendation from the user's KB `kb` and (with `starter`) the starter KB, or
+    the default rule with the reason; with the command-line overrides (epochs, batch_size, lr, teacher_cache);
+    and the line to show."""
+    recipe, note = auto_recipe(kb, profile, starter)
     return with_overrides(recipe, **overrides), note
 
 
@@ -70,10 +72,10 @@ def tune_student(rec: Recommendation, teacher: Any, student: Any, data: Any, pro
                         progress=progress)
 
 
-def recommend_table(rec: Recommendation, top: int, path: Path) -> Table:
+def recommend_table(rec: Recommendation, top: int) -> Table:
     """The top recipes with their predicted gain and interval."""
     table = Table(title=f"recipes by predicted KD gain over no KD (pt; 10-90% over trees), from {len(rec.rows)} "
-                        f"runs on {rec.rows['task'].nunique()} tasks in {path}")
+                        f"runs on {rec.rows['task'].nunique()} tasks in {describe_sources(rec.sources)}")
     for col in ("rank", "recipe", "loss", "T", "CE/KD weight", "optimizer", "lr", "gain", "interval"):
         table.add_column(col, no_wrap=True)
     for row in rec.ranked.head(top).to_dict("records"):

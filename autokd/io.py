@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +40,30 @@ def check_writable_dir(path: str | Path, flag: str = "--out") -> Path:
     if not os.access(ancestor, os.W_OK | os.X_OK):
         raise AutokdError(f"{flag} {str(path)!r} cannot be written: {str(ancestor)!r} is read-only for this user; "
                           "give a folder you can write to")
+    _probe_dir(path, flag)
     return path
+
+
+def _probe_dir(path: Path, flag: str) -> None:
+    """Create `path` (and its missing parents) and a file in it, then remove all that again: permissions alone do
+    not tell (a superuser, a read-only or virtual file system such as /proc)."""
+    created = []
+    try:
+        for folder in reversed([path, *path.parents]):
+            if not folder.exists():
+                folder.mkdir()
+                created.append(folder)
+        probe = path / f".autokd-probe-{os.getpid()}"
+        probe.touch()
+        probe.unlink()
+    except OSError as err:
+        reason = f"{err.strerror}: {err.filename}" if err.strerror and err.filename else str(err)
+        raise AutokdError(f"{flag} {str(path)!r} cannot be created or written ({reason}); give a folder you can "
+                          "write to") from None
+    finally:
+        for folder in reversed(created):
+            with suppress(OSError):
+                folder.rmdir()
 
 
 def write_text(path: str | Path, text: str) -> Path:

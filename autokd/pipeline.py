@@ -12,6 +12,7 @@ import html
 import json
 import logging
 import time
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
 from math import nan
 from pathlib import Path
@@ -29,6 +30,7 @@ from autokd.recipes.kb import kb_path
 from autokd.recipes.recommend import grid_id
 from autokd.report import leaderboard
 from autokd.search import SearchConfig, SearchContext, SearchResult, run_search
+from autokd.spaces import ArchSpec
 from autokd.supernet.evaluate import SupernetConfig, evaluate_spaces
 from autokd.supernet.select import inherit_from_file
 from autokd.train import Student, TrainResult, student_from_trial, student_from_yaml, train_students
@@ -50,9 +52,11 @@ class RunResult:
     ranked_by: str = ""  # the column that ranked the candidates: the search objective, or heldout_top1 (supernet)
 
 
-def distinct_candidates(study: optuna.Study, objective: str, k: int) -> pd.DataFrame:
-    """The top `k` complete trials by `objective` with distinct specs (evolution can score a spec twice)."""
-    board = leaderboard(study, objective)
+def distinct_candidates(study: optuna.Study, objective: str, k: int,
+                        fold: Callable[[ArchSpec], Hashable] | None = None) -> pd.DataFrame:
+    """The top `k` complete trials by `objective` with distinct specs (evolution can score a spec twice); with
+    `fold`, one per fold key (the leaderboard's distinct macro configurations)."""
+    board = leaderboard(study, objective, fold=fold)
     if board.empty:
         return board
     board = board.drop_duplicates("spec_json", keep="first").head(k).reset_index(drop=True)
@@ -96,16 +100,20 @@ def run_pipeline(
     top_k: int = 10,
     progress: bool = True,
     kb: str | None = None,
+    starter_kb: bool = True,
     add_to_kb: bool = True,
     supernet: SupernetConfig | None = None,
     inherit: bool = False,
+    all_trials: bool = False,
 ) -> RunResult:
     """Search (resumable), distil the `train_top` best distinct candidates into out/train/<rank>/ with `recipe`
     (default: `default_recipe` of each student's space; "auto": the knowledge base's recommendation for each
     student, see autokd.recipes.recommend), write out/trained.csv and a section in report.html. Finished
-    trainings are added to the knowledge base `kb` (None: the default one) unless `add_to_kb` is False. With
+    trainings are added to the knowledge base `kb` (None: the default one) unless `add_to_kb` is False;
+    "auto" reads it with the starter KB unless `starter_kb` is False. With
     `supernet`, the candidates are the supernet evaluator's best (`supernet_stage`); `inherit` starts each from
-    its supernet weights."""
+    its supernet weights. The candidates are distinct macro configurations, as the leaderboard shows them
+    (`all_trials`: the best trials, whatever their configuration)."""
     start = time.perf_counter()
     out = Path(out)
     if train_top < 1:
@@ -117,7 +125,8 @@ def run_pipeline(
     for name in {recipe} if recipe and recipe != "auto" else {default_recipe(s) for s in (*CNN_SPACES, "vit")}:
         recipes[name] = load_recipe(name, **overrides)
 
-    search = run_search(config, out=out, top_k=top_k, progress=progress, check=_trained_teacher)
+    search = run_search(config, out=out, top_k=top_k, progress=progress, check=_trained_teacher,
+                        all_trials=all_trials)
     study, ctx = search.study, search.context
     teacher = ctx.teacher
     n_trials = len(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)))
@@ -127,7 +136,7 @@ def run_pipeline(
 
     if supernet is None:
         ranked_by, origin = config.objective, {}
-        chosen = distinct_candidates(study, config.objective, train_top)
+        chosen = distinct_candidates(study, config.objective, train_top, search.fold)
     else:
         ranked_by, origin = "heldout_top1", {"evaluator": "supernet", "inherit": inherit}
         chosen = supernet_stage(search, supernet, top_k).head(train_top).assign(trial=-1)
@@ -144,7 +153,7 @@ def run_pipeline(
         if recipe == "auto" or add_to_kb:
             profiles[rank] = _profile(profiles, search, data, row, config)
         if recipe == "auto":
-            name, chosen_recipe = _auto_recipe(out / "train" / str(rank), kb, profiles[rank], overrides)
+            name, chosen_recipe = _auto_recipe(out / "train" / str(rank), kb, profiles[rank], overrides, starter_kb)
             recipes[name] = chosen_recipe
         else:
             name = recipe or default_recipe(row["space"])
@@ -197,13 +206,14 @@ def run_pipeline(
     return RunResult(search, trained, results, out, time.perf_counter() - start, complete, skipped, ranked_by)
 
 
-def _auto_recipe(folder: Path, kb: str | None, profile: dict, overrides: dict) -> tuple[str, Recipe]:
+def _auto_recipe(folder: Path, kb: str | None, profile: dict, overrides: dict,
+                 starter: bool = True) -> tuple[str, Recipe]:
     """`recipe="auto"` for one candidate: the recommendation, or the recipe its resumed training started with."""
     marker = folder / "candidate.json"
     if marker.is_file():
         chosen = Recipe.from_dict(json.loads(marker.read_text())["recipe"])
     else:
-        chosen, note = recipe_auto(kb, profile, **overrides)
+        chosen, note = recipe_auto(kb, profile, starter, **overrides)
         log.info("student %s: %s", folder.name, note)
     return f"auto:{grid_id(chosen, profile['teacher_family'], profile['student_family'])}", chosen
 

@@ -151,6 +151,10 @@ CASES = [
     ("data-a-file", lambda f, o: ["search", *search(data=f"{f}/a_file"), "--out", o], "is not a zip archive"),
     # paths and storages
     ("out-under-a-file", lambda f, o: ["search", *search(), "--out", f"{f}/a_file/run"], "is a file"),
+    ("out-uncreatable", lambda f, o: ["search", *search(), "--out", "/proc/forbidden/x"],
+     "--out '/proc/forbidden/x' cannot be created or written"),
+    ("run-out-uncreatable", lambda f, o: ["run", *search(), "--teacher-weights", f"{f}/r20.th", "--out",
+                                          "/proc/forbidden/x"], "cannot be created or written"),
     ("storage-not-url", lambda f, o: ["search", *search(storage="autokd.db"), "--out", o], "is not a URL"),
     ("storage-refused", lambda f, o: ["search", *search(storage=PG_DOWN), "--out", o],
      "cannot open storage 'postgresql://autokd:***@127.0.0.1:1/autokd'"),
@@ -197,6 +201,8 @@ CASES = [
     ("train-no-out", lambda f, o: ["train", "--student", "resnet18"], "--out DIR"),
     ("train-out-under-a-file", lambda f, o: ["train", "--student", "resnet18", "--out", f"{f}/a_file/t"],
      "is a file"),
+    ("train-out-uncreatable", lambda f, o: ["train", "--student", "resnet18", "--out", "/proc/forbidden/t"],
+     "cannot be created or written"),
     # finetune-teacher
     ("finetune-teacher", lambda f, o: ["finetune-teacher", "--teacher", "nosuchnet", "--out", o], "unknown teacher"),
     ("finetune-epochs", lambda f, o: ["finetune-teacher", "--teacher", "resnet20_cifar", "--epochs", "-1",
@@ -214,6 +220,9 @@ CASES = [
     ("recommend-needs-data", lambda f, o: ["recommend"], "the following arguments are required: --data"),
     ("recommend-tune-needs-out", lambda f, o: ["recommend", "--data", str(f), "--teacher", "resnet20_cifar",
                                                "--student", "s.yaml", "--tune", "2"], "--tune keeps its study"),
+    ("recommend-out-uncreatable", lambda f, o: ["recommend", "--data", str(f), "--teacher", "resnet20_cifar",
+                                                "--student", "s.yaml", "--tune", "2", "--out", "/proc/forbidden/x"],
+     "cannot be created or written"),
 ]
 
 
@@ -264,6 +273,7 @@ def test_ctrl_c_mid_search_is_one_line_exit_130(tmp_path, capsys, monkeypatch):
 @pytest.mark.parametrize("argv, message", [
     (["search", *search(budget="1e400")], "autokd: error: budget '1e400' is out of range"),
     (["search", *search(storage=PG_DOWN)], "autokd: error: cannot open storage 'postgresql://autokd:***@"),
+    (["search", *search(), "--out", "/proc/forbidden/x"], "autokd: error: --out '/proc/forbidden/x' cannot be created"),
 ])
 def test_the_installed_command_prints_no_traceback(tmp_path, argv, message):
     done = subprocess.run([sys.executable, "-m", "autokd", *argv], capture_output=True, text=True, cwd=tmp_path)

@@ -22,13 +22,13 @@ def test_recommend_ranks_recipes_for_a_tiny_real_task_and_tune_adds_runs(capsys,
     kb = tmp_path / "kb.csv"
     append_rows(kb, kb_rows())
     base = ["recommend", "--data", str(folder), "--teacher", "resnet20_cifar", "--teacher-weights", str(weights),
-            "--student", str(student_yaml), "--kb", str(kb), "--device", "cpu", "--quiet"]
+            "--student", str(student_yaml), "--kb", str(kb), "--no-starter-kb", "--device", "cpu", "--quiet"]
     code, out, err = run(capsys, [*base, "--top", "4"])
     assert code == 0, err
     lines = [line for line in out.splitlines() if line.startswith("│")]
     ranks = [line.split("│")[1].strip() for line in lines]
     assert ranks[:4] == ["1", "2", "3", "4"]  # 4 ranked recipes, then the nearest tasks
-    assert "nearest tasks" in out and "t1" in out and "predicted KD gain" in out
+    assert "nearest tasks" in out and "t1" in out and "predicted KD gain" in out and f"tasks in {kb}" in out
     code, out, err = run(capsys, [*base, "--top", "2", "--tune", "2", "--tune-epochs", "1", "--batch-size", "16",
                                   "--tune-images", "0", "--out", str(tmp_path / "tune")])
     assert code == 0, err
@@ -44,7 +44,25 @@ def test_recommend_with_a_bad_kb_is_one_line_exit_2(capsys, tmp_path, folder, st
     code, out, err = run(capsys, ["recommend", "--data", str(folder), "--teacher", "resnet20_cifar",
                                   "--teacher-weights", str(weights), "--student", str(student_yaml), "--kb", str(kb),
                                   "--device", "cpu"])
-    assert code == 2 and len(err) == 1 and "lacks column(s)" in err[0] and "default rule (dist" in err[0]
+    assert code == 2 and len(err) == 1 and "lacks column(s)" in err[0] and "falling back" not in err[0]
+
+
+def test_recommend_answers_from_the_starter_kb_out_of_the_box(capsys, tmp_path, folder, student_yaml, weights,
+                                                              one_thread, private_kb):
+    argv = ["recommend", "--data", str(folder), "--teacher", "resnet20_cifar", "--teacher-weights", str(weights),
+            "--student", str(student_yaml), "--device", "cpu", "--top", "3"]
+    code, out, err = run(capsys, argv)  # no KB of the user's own yet ($AUTOKD_KB names a missing file)
+    assert code == 0 and not any("error" in line for line in err), err
+    assert "tasks in the starter KB\n" in out  # the title names where the runs came from
+    ranks = [line.split("│")[1].strip() for line in out.splitlines() if line.startswith("│")]
+    assert ranks[:3] == ["1", "2", "3"] and "c10-" in out  # the starter KB's tasks are the nearest ones
+    assert not private_kb.exists()  # recommending writes nothing
+    append_rows(private_kb, kb_rows())  # the user's own runs are read with it
+    code, out, err = run(capsys, argv)
+    assert code == 0 and f"tasks in the starter KB and {private_kb}" in out
+    code, out, err = run(capsys, [*argv, "--kb", str(tmp_path / "none.csv"), "--no-starter-kb"])
+    assert code == 2 and len(err) == 1 and err[0].startswith("autokd: error: no knowledge base at")
+    assert "falling back" not in err[0] and "--no-starter-kb" in err[0]
 
 
 def test_train_recipe_auto_uses_the_kb_and_appends_its_run(capsys, tmp_path, folder, student_yaml, weights,
@@ -59,16 +77,17 @@ def test_train_recipe_auto_uses_the_kb_and_appends_its_run(capsys, tmp_path, fol
     assert any(line.startswith("autokd: --recipe auto: ") and "predicted gain" in line for line in err)
     assert any("added 1 run(s) to the knowledge base" in line for line in err)
     assert len(read_kb(kb)) == 19
-    # an empty KB for this pair: one line naming the fallback, then the default rule trains
+    # no KB at all (the starter KB left out): one line naming the fallback, then the default rule trains
     empty = tmp_path / "empty.csv"
     code, out, err = run(capsys, [*argv[:-9], "--epochs", "1", "--batch-size", "16", "--kb", str(empty), "--no-kb",
-                                  "--out", str(tmp_path / "run2"), "--quiet", "--workers", "0", "--device", "cpu"])
+                                  "--no-starter-kb", "--out", str(tmp_path / "run2"), "--quiet", "--workers", "0",
+                                  "--device", "cpu"])
     assert code == 0, err
     assert [line for line in err if "--recipe auto" in line] == [
-        f"autokd: --recipe auto: no knowledge base at {str(empty)!r}: build one "
-        "(benchmarks/recipes/build_recipe_kb.py) or give --kb PATH; falling back to the default rule "
-        "(dist for a cnn->cnn pair)"]
-    assert not empty.exists()
+        f"autokd: --recipe auto: no knowledge base at {str(empty)!r}: autokd train and autokd run on real data add "
+        "their runs there; give --kb PATH for another, or leave out --no-starter-kb; falling back to the default "
+        "rule (dist for a cnn->cnn pair)"]
+    assert not empty.exists() and not any("error" in line for line in err)
 
 
 def test_run_recipe_auto_trains_the_recommendation_and_appends_it(capsys, tmp_path, folder, weights, one_thread,

@@ -1,5 +1,5 @@
-"""A non-editable install finds every search space and runs a search; importing autokd leaves the process
-environment alone."""
+"""A non-editable install finds every search space, ships the starter knowledge base and runs a search; importing
+autokd leaves the process environment alone."""
 
 import shutil
 import subprocess
@@ -10,7 +10,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def test_a_built_wheel_ships_and_finds_every_search_space(tmp_path):
+def test_a_built_wheel_ships_and_finds_every_search_space_and_the_starter_kb(tmp_path):
     source = tmp_path / "src"  # build from a copy: nothing is written into the working tree
     shutil.copytree(ROOT / "autokd", source / "autokd", ignore=shutil.ignore_patterns("__pycache__"))
     for name in ("pyproject.toml", "README.md"):
@@ -20,19 +20,24 @@ def test_a_built_wheel_ships_and_finds_every_search_space(tmp_path):
     (wheel,) = (tmp_path / "dist").glob("autokd-*.whl")
     shipped = sorted(Path(n).stem for n in zipfile.ZipFile(wheel).namelist() if n.startswith("autokd/search_spaces/"))
     expected = sorted(p.stem for p in (ROOT / "autokd" / "search_spaces").glob("*.yaml"))
-    assert shipped == expected and len(expected) == 4
+    assert shipped == expected and len(expected) >= 4
+    starter = zipfile.ZipFile(wheel).read("autokd/recipes/data/starter_kb.csv")
+    assert starter == (ROOT / "autokd" / "recipes" / "data" / "starter_kb.csv").read_bytes()
 
     site = tmp_path / "site"
     subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(site), str(wheel)],
                    check=True, capture_output=True)
     code = ("import sys; sys.path.insert(0, sys.argv[1]); import autokd.spaces as s; "
             "print(s.__file__); print(','.join(s.available_spaces())); "
-            "print(' '.join(str(s.load_space(n, 32).smallest()) for n in ['cifar_resnet']))")
-    out = subprocess.run([sys.executable, "-c", code, str(site)], cwd=tmp_path, check=True, capture_output=True,
-                         text=True).stdout.splitlines()
+            "print(' '.join(str(s.load_space(n, 32).smallest()) for n in ['cifar_resnet'])); "
+            "from autokd.recipes.kb import read_kbs; t, src = read_kbs(sys.argv[2]); print(src[0], len(t))")
+    out = subprocess.run([sys.executable, "-c", code, str(site), str(tmp_path / "no_user_kb.csv")], cwd=tmp_path,
+                         check=True, capture_output=True, text=True).stdout.splitlines()
     assert out[0].startswith(str(site))  # the installed copy, not the working tree
     assert out[1].split(",") == expected
     assert out[2].startswith("cifar_resnet(")
+    kb_file, kb_rows = out[3].split()  # the installed starter KB answers with no KB of the user's own
+    assert kb_file.startswith(str(site)) and int(kb_rows) >= 400
     # the installed copy runs a (short) demo search from a folder that is not the repository
     demo = ("import sys; sys.path.insert(0, sys.argv[1]); import autokd; from autokd.cli import main; "
             "print(autokd.__file__); sys.exit(main(['search', '--teacher', 'resnet20_cifar', '--space', "

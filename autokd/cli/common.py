@@ -47,8 +47,11 @@ def add_recipe_args(p: argparse.ArgumentParser) -> None:
 
 
 def add_kb_args(p: argparse.ArgumentParser, opt_out: bool = True) -> None:
-    """--kb (and --no-kb): the knowledge base of KD runs that recommendations learn from."""
-    p.add_argument("--kb", help="the knowledge base CSV (default $AUTOKD_KB or ~/.cache/autokd/kb.csv)")
+    """--kb, --no-starter-kb (and --no-kb): the knowledge base of KD runs that recommendations learn from."""
+    p.add_argument("--kb", help="your knowledge base CSV, read with autokd's starter KB; runs are added to it "
+                                "(default $AUTOKD_KB or ~/.cache/autokd/kb.csv)")
+    p.add_argument("--no-starter-kb", action="store_true",
+                   help="recommend from your knowledge base alone, without the starter KB that ships with autokd")
     if opt_out:
         p.add_argument("--no-kb", action="store_true", help="do not append this run's results to the knowledge base")
 

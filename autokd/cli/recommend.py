@@ -45,6 +45,7 @@ def cmd_recommend(args: argparse.Namespace) -> int:
 
     if args.tune and not args.out:
         raise AutokdError("--tune keeps its study and runs in a folder: give --out DIR (the same DIR resumes)")
+    out = check_writable_dir(args.out) if args.tune else None
     data = load_data(args.data, img_size=args.img_size or 32, seed=args.seed)
     teacher = resolve_teacher(args.teacher, data.num_classes, weights=args.teacher_weights, img_size=args.img_size)
     if not teacher.pretrained:
@@ -53,17 +54,17 @@ def cmd_recommend(args: argparse.Namespace) -> int:
         torch.manual_seed(args.seed)
         student = resolve_student(args.student, data.num_classes, storage=args.storage, img_size=args.img_size)
     profile = profile_of(teacher, student, data, seed=args.seed, device=args.device)
-    rec = recommend(args.kb, profile)
+    rec = recommend(args.kb, profile, starter=not args.no_starter_kb)
     console = Console(soft_wrap=True, width=None if sys.stdout.isatty() else 200)
     console.print(f"{data.describe()}; teacher {teacher.name} held-out acc {profile['teacher_acc']:.3f}, "
                   f"probe {profile['probe_acc']:.3f}, ECE {profile['teacher_ece']:.3f}; "
                   f"{profile['pair_kind']} pair, MACs ratio {profile['macs_ratio']:.1f}")
-    console.print(recommend_table(rec, args.top, kb_path(args.kb)))
+    console.print(recommend_table(rec, args.top))
     console.print(nearest_table(rec))
     if args.tune:
         config = TuneConfig(trials=args.tune, epochs=args.tune_epochs, eta=args.tune_eta,
                             images=args.tune_images or None, batch_size=args.batch_size, seed=args.seed)
-        frame = tune_student(rec, teacher, student, data, profile, check_writable_dir(args.out), config,
+        frame = tune_student(rec, teacher, student, data, profile, out, config,
                              top=args.top, kb=args.kb, device=args.device, progress=not args.quiet)
         console.print(frame.to_string(index=False, float_format="{:.4g}".format))
         console.print(f"tuning study in {args.out}/tune.db; complete runs added to {kb_path(args.kb)}")

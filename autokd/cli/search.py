@@ -76,7 +76,11 @@ def add_search_args(p: argparse.ArgumentParser) -> None:
                         "class")
     p.add_argument("--relation-layer", default="features", choices=("features", "pooled"),
                    help="what DisWOT's relation term compares: the last feature map (default) or the pooled features")
-    p.add_argument("--top-k", type=int, default=10, help="leaderboard size (default 10)")
+    p.add_argument("--top-k", type=int, default=10,
+                   help="leaderboard size (default 10): distinct architectures, each the best of the trials that "
+                        "differ from it only in per-layer choices")
+    p.add_argument("--all-trials", action="store_true",
+                   help="list the best trials themselves, without folding per-layer variants into one row")
     p.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:N")
     p.add_argument("--out", help="folder for leaderboard.csv, top/*.yaml, report.html and the study database")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -107,7 +111,7 @@ def cmd_search(args: argparse.Namespace) -> int:
 
     config = search_config(args)
     console = Console(soft_wrap=True, width=None if sys.stdout.isatty() else 200)
-    result = run_search(config, out=args.out, top_k=args.top_k, progress=not args.quiet)
+    result = run_search(config, out=args.out, top_k=args.top_k, progress=not args.quiet, all_trials=args.all_trials)
     ctx = result.context
     console.print(
         f"study [bold]{result.study.study_name}[/] in {masked_url(result.storage_url)}: "
@@ -137,7 +141,7 @@ def _refine(args: argparse.Namespace, result, console) -> None:
         raise AutokdError("--refine writes its runs under the search folder: give --out")
     if ctx.data is None:
         raise AutokdError("--refine trains the candidates on your images: give --data")
-    board = leaderboard(result.study, ctx.config.objective)
+    board = leaderboard(result.study, ctx.config.objective, fold=result.fold)
     name = args.refine_recipe or default_recipe(board["space"].iloc[0])
     recipe = recipe_from(argparse.Namespace(epochs=None, batch_size=None, lr=None), name)
     settings = RefineConfig(top=args.refine, epochs=args.refine_epochs, eta=args.refine_eta,
@@ -184,13 +188,15 @@ def leaderboard_table(board, objective: str, format_macs):
     table = Table(title=f"top {len(board)} by {objective}")
     terms = [t for t in objective.split("+") if t not in ("params", "macs")] if "+" in objective else []
     extra = [c for c in (*terms, "diswot_relation", "diswot_semantic") if c in board.columns and c != objective]
-    for col in ["rank", "trial", "arch", "MACs", "params", objective]:
+    variants = "variants" in board.columns
+    for col in ["rank", "trial", "arch", *(["variants"] if variants else []), "MACs", "params", objective]:
         table.add_column(col, overflow="fold", no_wrap=col != "arch")
     for col in extra:
         table.add_column(col.replace("diswot_relation", "M_r").replace("diswot_semantic", "M_s"), no_wrap=True)
     for row in board.to_dict("records"):
         table.add_row(
-            str(row["rank"]), str(row["trial"]), row["arch"], format_macs(row["macs"]),
+            str(row["rank"]), str(row["trial"]), row["arch"], *([str(row["variants"])] if variants else []),
+            format_macs(row["macs"]),
             f"{row['params'] / 1e6:.2f} M", f"{row[objective]:.4f}", *[f"{row[c]:.4g}" for c in extra],
         )
     return table

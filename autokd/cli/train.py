@@ -79,8 +79,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     if auto:
         if profile is None:
             raise AutokdError("--recipe auto recommends a recipe for a teacher-student pair: give --teacher")
-        recipe, note = recipe_auto(args.kb, profile, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
-                                   teacher_cache=args.teacher_cache)
+        recipe, note = recipe_auto(args.kb, profile, not args.no_starter_kb, epochs=args.epochs,
+                                   batch_size=args.batch_size, lr=args.lr, teacher_cache=args.teacher_cache)
         print(f"autokd: {note}", file=sys.stderr)
     if recipe is None:
         names = {default_recipe(student_space(s)) for s in students}
@@ -188,8 +188,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         search_config(args), args.out, train_top=args.train_top, recipe=args.recipe, epochs=args.epochs,
         batch_size=args.train_batch_size, lr=args.lr, baseline=args.baseline, teacher_cache=args.teacher_cache,
         num_workers=args.loader_workers, compile=args.compile, top_k=args.top_k, progress=not args.quiet,
-        kb=args.kb, add_to_kb=not args.no_kb, inherit=args.inherit,
-        supernet=supernet_config(args) if args.evaluator == "supernet" else None,
+        kb=args.kb, starter_kb=not args.no_starter_kb, add_to_kb=not args.no_kb, inherit=args.inherit,
+        supernet=supernet_config(args) if args.evaluator == "supernet" else None, all_trials=args.all_trials,
     )
     console = Console(soft_wrap=True, width=None if sys.stdout.isatty() else 160)
     study = result.search.study

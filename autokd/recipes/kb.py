@@ -11,8 +11,10 @@ Column groups (`COLUMNS`):
   is a constant prediction's);
 - provenance: task name, seed, source ("run" or "published"), autokd and torch versions, time, a unique `key`.
 
-The file is CSV at `--kb`, default ~/.cache/autokd/kb.csv or $AUTOKD_KB. Appends hold a file lock and write a
-temporary file renamed over the old one, so readers never see half a table and concurrent writers lose nothing.
+The user's KB is CSV at `--kb`, default ~/.cache/autokd/kb.csv or $AUTOKD_KB: autokd's commands append their
+runs there. Appends hold a file lock and write a temporary file renamed over the old one, so readers never see
+half a table and concurrent writers lose nothing. Recommendations read it together with the starter KB that
+ships with autokd (`STARTER_KB`, built by benchmarks/recipes/build_recipe_kb.py), which no command writes to.
 """
 
 from __future__ import annotations
@@ -48,6 +50,8 @@ TASK_FEATURES = TASK_COLUMNS + ("teacher_macs", "student_macs", "macs_ratio", "p
 RECIPE_FEATURES = ("loss", "temperature", "ce_weight", "kd_weight", "feature_loss", "feature_weight",
                    "logit_standardize", "label_smoothing", "augmentation", "mixup", "cutmix", "optimizer", "lr")
 SOURCES = ("run", "published")
+#: the starter KB that ships inside the package: read with the user's KB, never appended to by a command
+STARTER_KB = Path(__file__).resolve().parent / "data" / "starter_kb.csv"
 
 
 def kb_path(path: str | Path | None = None) -> Path:
@@ -146,8 +150,8 @@ def read_kb(path: str | Path, *, missing_ok: bool = False) -> pd.DataFrame:
     if not path.is_file():
         if missing_ok:
             return pd.DataFrame(columns=list(COLUMNS))
-        raise AutokdError(f"no knowledge base at {str(path)!r}: build one "
-                          "(benchmarks/recipes/build_recipe_kb.py) or give --kb PATH")
+        raise AutokdError(f"no knowledge base at {str(path)!r}: autokd train and autokd run on real data add "
+                          "their runs there; give --kb PATH for another")
     try:
         frame = pd.read_csv(path)
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
@@ -161,6 +165,24 @@ def read_kb(path: str | Path, *, missing_ok: bool = False) -> pd.DataFrame:
         raise AutokdError(f"knowledge base {str(path)!r} lacks column(s) {', '.join(missing[:6])}"
                           f"{' ...' if len(missing) > 6 else ''}: it is not an autokd KB (see autokd/recipes/kb.py)")
     return frame[list(COLUMNS)]
+
+
+def read_kbs(path: str | Path | None = None, *, starter: bool = True) -> tuple[pd.DataFrame, list[Path]]:
+    """The starter KB (with `starter`) and the user's KB at `kb_path(path)` (where it exists) as one table, a run
+    in both counted once; and the files read."""
+    user = kb_path(path)
+    sources = [*([STARTER_KB] if starter else []), *([user] if user.is_file() and user != STARTER_KB else [])]
+    if not sources:
+        raise AutokdError(f"no knowledge base at {str(user)!r}: autokd train and autokd run on real data add their "
+                          "runs there; give --kb PATH for another, or leave out --no-starter-kb")
+    frames = [read_kb(p) for p in sources]
+    table = pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
+    return table.drop_duplicates("key", keep="last").reset_index(drop=True), sources
+
+
+def describe_sources(sources: Sequence[Path]) -> str:
+    """The KB files read, for a table title: 'the starter KB and ~/.cache/autokd/kb.csv'."""
+    return " and ".join("the starter KB" if p == STARTER_KB else str(p) for p in sources)
 
 
 def rows_for_pair(frame: pd.DataFrame, kind: str) -> pd.DataFrame:

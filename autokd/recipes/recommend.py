@@ -8,7 +8,8 @@ DIST), the loss weight, the learning rate. `recommend` fits a `MetaModel` on the
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import pandas as pd
@@ -19,7 +20,7 @@ from autokd.recipes.kb import (
     family_kind,
     pair_columns,
     pair_kind,
-    read_kb,
+    read_kbs,
     recipe_columns,
     rows_for_pair,
 )
@@ -97,6 +98,7 @@ class Recommendation:
     rows: pd.DataFrame
     grid: dict[str, Recipe]
     model: MetaModel | None = None
+    sources: list[Path] = field(default_factory=list)  # the KB files read
 
     def recipe(self, rank: int = 1) -> Recipe:
         return self.grid[self.ranked["recipe_id"].iloc[rank - 1]]
@@ -108,19 +110,17 @@ def fallback_note(kind: str, student_family: str) -> str:
 
 
 def recommend(kb: pd.DataFrame | str | None, profile: dict[str, Any], *, nearest: int = 3,
-              trees: int = 200, seed: int = 0) -> Recommendation:
+              trees: int = 200, seed: int = 0, starter: bool = True) -> Recommendation:
     """Rank the candidate grid for the task and pair in `profile` (see `task_profile`) with a meta-model fitted
-    on the rows of `kb` (a table, or its path: None is the default KB) of the same pair kind."""
+    on the rows of the same pair kind of `kb`: a table, or the user's KB path (None: the default one), read with
+    the starter KB when `starter`."""
     kind = pair_kind(profile["teacher_family"], profile["student_family"])
-    try:
-        table = kb if isinstance(kb, pd.DataFrame) else read_kb(kb)
-    except AutokdError as err:
-        raise AutokdError(f"{err}; {fallback_note(kind, profile['student_family'])}") from None
+    table, sources = (kb, []) if isinstance(kb, pd.DataFrame) else read_kbs(kb, starter=starter)
     rows = rows_for_pair(table, kind)
     if rows["task"].nunique() < 1 or len(rows) < 2:
         raise AutokdError(f"the knowledge base has no {kind} runs with a known gain (it holds "
-                          f"{', '.join(sorted(table['pair_kind'].dropna().unique())) or 'no runs'}): "
-                          f"{fallback_note(kind, profile['student_family'])}")
+                          f"{', '.join(sorted(table['pair_kind'].dropna().unique())) or 'no runs'}); autokd "
+                          "train and autokd run on real data add their runs to your KB")
     model = recipe_model(rows, trees=trees, seed=seed).fit(rows)
     grid = candidate_grid(profile["teacher_family"], profile["student_family"])
     ranked = model.rank(profile, grid_frame(grid))
@@ -130,16 +130,18 @@ def recommend(kb: pd.DataFrame | str | None, profile: dict[str, Any], *, nearest
     close["best_recipe"] = close["task"].map(best["recipe_id"])
     close["best_gain"] = close["task"].map(best["gain"])
     close["runs"] = close["task"].map(rows.groupby("task").size())
-    return Recommendation(ranked, close, rows, grid, model)
+    return Recommendation(ranked, close, rows, grid, model, sources)
 
 
-def auto_recipe(kb: str | None, profile: dict[str, Any]) -> tuple[Recipe, str]:
+def auto_recipe(kb: str | None, profile: dict[str, Any], starter: bool = True) -> tuple[Recipe, str]:
     """The top recommendation and a line saying so; when the KB cannot recommend, the default rule's preset
     and the line saying why."""
     try:
-        rec = recommend(kb, profile)
-    except AutokdError as err:  # the message names the fallback
-        return Recipe.load(default_recipe(profile["student_family"])), f"--recipe auto: {err}"
+        rec = recommend(kb, profile, starter=starter)
+    except AutokdError as err:
+        kind = pair_kind(profile["teacher_family"], profile["student_family"])
+        return (Recipe.load(default_recipe(profile["student_family"])),
+                f"--recipe auto: {err}; {fallback_note(kind, profile['student_family'])}")
     top = rec.ranked.iloc[0]
     return rec.recipe(1), (f"--recipe auto: {top['recipe_id']} (predicted gain {top['mean']:+.2f} pt, "
                            f"{top['low']:+.2f} to {top['high']:+.2f}; {len(rec.rows)} KB runs)")

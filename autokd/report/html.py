@@ -12,7 +12,7 @@ import plotly.io as pio
 
 from autokd.io import write_text
 
-NON_SCORES = {"rank", "trial", "space", "arch", "budget_slack", "seed_arch", "spec_json"}
+NON_SCORES = {"rank", "trial", "space", "arch", "variants", "budget_slack", "seed_arch", "spec_json"}
 
 
 def pareto_front(frame: pd.DataFrame, score: str) -> pd.DataFrame:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Hashable
 from pathlib import Path
 
 import optuna
@@ -11,7 +12,7 @@ from optuna.trial import TrialState
 from autokd.io import write_yaml
 from autokd.spaces import ArchSpec
 
-BASE_COLUMNS = ["trial", "space", "arch", "macs", "params", "budget_slack", "seed_arch"]
+BASE_COLUMNS = ["trial", "space", "arch", "variants", "macs", "params", "budget_slack", "seed_arch"]
 
 
 def trials_frame(study: optuna.Study) -> pd.DataFrame:
@@ -35,14 +36,31 @@ def trials_frame(study: optuna.Study) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def leaderboard(study: optuna.Study, objective: str, top_k: int | None = None) -> pd.DataFrame:
-    """Complete trials sorted by `objective` (best first), with a 1-based rank."""
+def leaderboard(study: optuna.Study, objective: str, top_k: int | None = None,
+                fold: Callable[[ArchSpec], Hashable] | None = None) -> pd.DataFrame:
+    """Complete trials sorted by `objective` (best first), with a 1-based rank. With `fold` (e.g. a space's
+    `macro_key`), trials with equal keys fold into their best, and `variants` counts the distinct specs in each."""
     frame = trials_frame(study)
     if frame.empty:
         return frame
     frame = frame.sort_values([objective, "trial"], ascending=[False, True], kind="stable").reset_index(drop=True)
+    if fold is not None:
+        frame = fold_rows(frame, fold)
     frame.insert(0, "rank", range(1, len(frame) + 1))
     return frame if top_k is None else frame.head(top_k)
+
+
+def fold_rows(frame: pd.DataFrame, fold: Callable[[ArchSpec], Hashable]) -> pd.DataFrame:
+    """The first row of each fold key (`frame` is sorted best first), with `variants`: the distinct specs that
+    share its key."""
+    ids: dict[Hashable, int] = {}
+    keys = pd.Series([ids.setdefault(fold(ArchSpec.from_json(s)), len(ids)) for s in frame["spec_json"]],
+                     index=frame.index)
+    variants = frame["spec_json"].groupby(keys).nunique()
+    first = ~keys.duplicated()
+    folded = frame[first].reset_index(drop=True)
+    folded.insert(folded.columns.get_loc("arch") + 1, "variants", keys[first].map(variants).to_numpy())
+    return folded
 
 
 def write_top_specs(board: pd.DataFrame, folder: Path, meta: dict) -> list[Path]:
@@ -59,6 +77,7 @@ def write_top_specs(board: pd.DataFrame, folder: Path, meta: dict) -> list[Path]
             "trial": int(row["trial"]),
             "macs": int(row["macs"]),
             "params": int(row["params"]),
+            **({"variants": int(row["variants"])} if "variants" in row else {}),
             "scores": {k: float(v) for k, v in scores.items()},
             "search": meta,
         }

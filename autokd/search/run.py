@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -18,6 +18,7 @@ from autokd.io import check_writable_dir, write_csv, write_json
 from autokd.report import leaderboard, trials_frame, write_report, write_top_specs
 from autokd.search.controller import SearchConfig, SearchContext, enqueue_seeds, load_or_create_study, prepare
 from autokd.search.workers import optimize, start_workers
+from autokd.spaces import ArchSpec
 from autokd.storage import masked_url
 
 log = logging.getLogger("autokd")
@@ -33,12 +34,25 @@ class SearchResult:
     storage_url: str
     out: Path | None
     seconds: float
+    #: what the leaderboard folds on (a spec's macro configuration), None with every trial shown
+    fold: Callable[[ArchSpec], Hashable] | None = None
+
+
+def macro_fold(ctx: SearchContext) -> Callable[[ArchSpec], Hashable]:
+    """A spec's macro configuration in its space (`SearchSpace.macro_key`): what the leaderboard folds on."""
+
+    def key(spec: ArchSpec) -> Hashable:
+        space = ctx.spaces.get(spec.space)
+        return spec if space is None else space.macro_key(spec)
+
+    return key
 
 
 def run_search(config: SearchConfig, out: str | Path | None = None, top_k: int = 10, progress: bool = True,
-               check: Callable[[SearchContext], None] | None = None) -> SearchResult:
+               check: Callable[[SearchContext], None] | None = None, all_trials: bool = False) -> SearchResult:
     """Run (or resume) a search until its study holds `config.trials` complete trials; write outputs to `out`.
-    `check` may refuse the prepared context (raise AutokdError) before anything is written."""
+    `check` may refuse the prepared context (raise AutokdError) before anything is written. The leaderboard
+    shows `top_k` distinct macro configurations, each its best trial (`all_trials`: the best `top_k` trials)."""
     start = time.perf_counter()
     out = check_writable_dir(out) if out else None
     if top_k < 1:
@@ -72,10 +86,11 @@ def run_search(config: SearchConfig, out: str | Path | None = None, top_k: int =
         log.warning("%d search worker(s) stopped early (exit codes %s)", len(failed), failed)
     check_complete(study, config.trials)
 
-    board = leaderboard(study, config.objective, top_k)
+    fold = None if all_trials else macro_fold(ctx)
+    board = leaderboard(study, config.objective, top_k, fold=fold)
     if out:
         write_outputs(study, ctx, board, out)
-    return SearchResult(study, ctx, board, storage_url, out, time.perf_counter() - start)
+    return SearchResult(study, ctx, board, storage_url, out, time.perf_counter() - start, fold)
 
 
 def check_complete(study: optuna.Study, target: int) -> int:

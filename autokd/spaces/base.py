@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 from abc import ABC, abstractmethod
+from collections.abc import Hashable
 from typing import Any
 
 import optuna
@@ -66,6 +67,11 @@ class SearchSpace(ABC):
     @abstractmethod
     def smallest(self) -> ArchSpec:
         """The spec with the fewest MACs in the space."""
+
+    def macro_key(self, spec: ArchSpec) -> Hashable:
+        """What leaderboards fold on: specs with equal keys differ only in per-layer choices (default: the spec
+        itself, nothing folds)."""
+        return spec
 
     def seeds(self) -> list[ArchSpec]:
         """Known-good architectures of this family (scaled to the space), enqueued when they fit the budget."""

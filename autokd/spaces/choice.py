@@ -46,6 +46,23 @@ def gene_changes(a: ArchSpec, b: ArchSpec) -> int:
     return changes
 
 
+def _fmt(value: Any) -> str:
+    return str([*value] if isinstance(value, tuple) else value).replace(" ", "")
+
+
+def per_layer_label(spec: ArchSpec, per_layer: tuple[str, ...]) -> str:
+    """The genes of `spec` in one line (what `spec.short()` shows after the space name): macro genes as
+    `name=value`, each per-layer gene as the range of its layers' values, e.g. `depth=12 ... heads/layer=2-7`."""
+    macro = [f"{k}={_fmt(v)}" for k, v in spec.genes if k not in per_layer]
+    layers = []
+    for name in per_layer:
+        values = spec.get(name)
+        if values:
+            low, high = min(values), max(values)
+            layers.append(f"{name}/layer={low}" if low == high else f"{name}/layer={low}-{high}")
+    return " ".join([*macro, *layers])
+
+
 def _distribution(choices: tuple[Any, ...]) -> optuna.distributions.BaseDistribution:
     # Evenly spaced integers are ordinal (TPE models them as such); anything else is categorical.
     if len(choices) > 1 and all(isinstance(c, int) and not isinstance(c, bool) for c in choices):
@@ -176,6 +193,21 @@ class ChoiceSpace(SearchSpace):
             n = spec[gene.length] if gene.length else len(gene.choices)
             names += [f"{gene.param}_{i}" for i in range(n) if len(gene.choices[i]) > 1]
         return names
+
+    # ---- naming and folding --------------------------------------------------------------------------
+    def per_layer_genes(self) -> tuple[str, ...]:
+        """The list genes whose length follows a depth gene (e.g. a ViT's per-layer heads and MLP ratios)."""
+        return tuple(gene.name for gene in self.lists if gene.length)
+
+    def macro_key(self, spec: ArchSpec) -> ArchSpec:
+        """`spec` without its per-layer genes: every scalar gene and every per-stage list (length None), so
+        specs that differ only in per-layer choices share one key."""
+        per_layer = self.per_layer_genes()
+        return ArchSpec(spec.space, tuple((k, v) for k, v in spec.genes if k not in per_layer))
+
+    def label(self, spec: ArchSpec) -> str:
+        """The genes of `spec` in one line, per-layer genes shown as ranges (`heads/layer=2-7`)."""
+        return per_layer_label(spec, self.per_layer_genes())
 
     # ---- search operators ----------------------------------------------------------------------------
     def sample(self, rng: random.Random) -> ArchSpec:

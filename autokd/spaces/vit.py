@@ -16,8 +16,8 @@ from timm.layers import Attention
 from timm.models.vision_transformer import Block, VisionTransformer
 
 from autokd.errors import AutokdError
-from autokd.spaces.choice import ChoiceSpace, ListGene
-from autokd.spaces.spec import ArchSpec
+from autokd.spaces.choice import ChoiceSpace, ListGene, per_layer_label
+from autokd.spaces.spec import ArchSpec, register_label
 
 
 @functools.cache
@@ -99,6 +99,7 @@ class VitSpace(ChoiceSpace):
                 "mlp_ratio", "mlp_ratio", (self.option("mlp_ratio", [2.0, 2.5, 3.0, 3.5, 4.0]),) * n, "depth"
             ),
         ]
+        register_label(self.name, self.label)
 
     def suits(self) -> bool:
         return bool(self.scalars["patch_size"])
@@ -166,3 +167,7 @@ class VitSpace(ChoiceSpace):
             {**base, "depth": 6, "embed_dim": 192, "heads": (3,) * 6, "mlp_ratio": (4.0,) * 6},
             {**base, "depth": 12, "embed_dim": 384, "heads": (6,) * 12, "mlp_ratio": (4.0,) * 12},
         ]
+
+
+# specs read back from a study or a top/*.yaml are named alike before a space is loaded
+register_label(VitSpace.name, functools.partial(per_layer_label, per_layer=("heads", "mlp_ratio")))

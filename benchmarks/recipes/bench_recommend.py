@@ -1,12 +1,12 @@
 """Leave-one-task-out over a recipe knowledge base: the recommender against the best fixed recipe and the default.
 
-For every task of the KB (benchmarks/results/recipe_kb.csv by default), a meta-model fitted on the other tasks
-ranks the recipes run on each of its (task, pair) units; the table gives the true gain of the top-1 and of the best
-of the top 5, the unit's best gain, the gain of the recipe best on average over the other tasks, and of today's
-default rule (DIST for CNN students, KD with AdamW for ViTs) and chance (a random recipe; the best of 5 random),
-with each one's regret, the paired bootstrap interval of the regret differences, and the seed noise (units
-run on two seeds: how far the best recipe of one seed is from the best of the other). Prints the table, writes
-benchmarks/results/recommend_loto.{csv,json} and the README's per-task table, recommend_loto.md.
+For every task of the KB (by default the starter KB, autokd/recipes/data/starter_kb.csv), a meta-model fitted on
+the other tasks ranks the recipes run on each of its (task, pair) units; the table gives the true gain of the
+top-1 and of the best of the top 5, the unit's best gain, the gain of the recipe best on average over the other
+tasks, and of today's default rule (DIST for CNN students, KD with AdamW for ViTs) and chance (a random recipe;
+the best of 5 random), with each one's regret, the paired bootstrap interval of the regret differences, and the
+seed noise (units run on two seeds: how far the best recipe of one seed is from the best of the other). Prints the
+table, writes benchmarks/results/recommend_loto.{csv,json} and the README's per-task table, recommend_loto.md.
 
     python benchmarks/recipes/bench_recommend.py [--kb PATH] [--runs-only]
 """
@@ -19,7 +19,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repository root, for benchmarks.*
 from autokd.io import write_csv, write_json, write_text  # noqa: E402
-from autokd.recipes.kb import read_kb  # noqa: E402
+from autokd.recipes.kb import STARTER_KB, read_kb  # noqa: E402
 from autokd.recipes.loto import (  # noqa: E402
     leave_one_task_out,
     loto_summary,
@@ -49,7 +49,7 @@ def per_task_markdown(frame, summary: dict, top: int) -> str:
 
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--kb", default=str(RESULTS_DIR / "recipe_kb.csv"))
+    p.add_argument("--kb", default=str(STARTER_KB), help="the KB CSV (default: the starter KB that ships with autokd)")
     p.add_argument("--top", type=int, default=5)
     p.add_argument("--runs-only", action="store_true", help="leave out the published rows")
     p.add_argument("--out", default=str(RESULTS_DIR / "recommend_loto"), help="prefix of the .csv, .md and .json")

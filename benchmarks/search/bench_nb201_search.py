@@ -105,6 +105,35 @@ def replay(ctx: SearchContext, sampler: str, seed: int, trials: int) -> tuple[Ar
     return ArchSpec.from_json(board["spec_json"].iloc[0]), seconds, int(board["spec_json"].nunique())
 
 
+def nni_rows(table: dict[str, dict[str, float]], objective: str, trials: list[int], seeds: int,
+             accuracy: dict[str, dict[str, float]], rows_path: Path, done: set, score_seconds: float) -> list[dict]:
+    """NNI's strategies driven by the same objective value (the search's aggregate against its reference)."""
+    from benchmarks.search.nni_nb201 import STRATEGIES, nni_search
+
+    with replayed(table):
+        ctx = prepare(search_config(objective, LARGEST_MACS))
+    rows = []
+    with rows_path.open("a") as f:
+        for strategy in STRATEGIES:
+            for n in trials:
+                for seed in range(seeds):
+                    if (f"nni {strategy}", n, 1.0, seed) in done:
+                        continue
+                    start = time.process_time()
+                    cell, distinct = nni_search(lambda c: ctx.objective_value(table[c]), strategy, n, seed)
+                    row = {"sampler": f"nni {strategy}", "trials": n, "budget_fraction": 1.0, "budget": LARGEST_MACS,
+                           "seed": seed, "pick": cell, "c10": accuracy[cell]["c10_test"],
+                           "c100": accuracy[cell]["c100_test"], "replay_cpu_s": time.process_time() - start,
+                           "distinct_scored": distinct, "objective": objective}
+                    row["macs"] = load_space("nb201", 32).estimate_macs(spec_from_cell(cell), 10)
+                    row["live_cpu_s_estimate"] = row["replay_cpu_s"] + distinct * score_seconds
+                    f.write(json.dumps(row) + "\n")
+                    f.flush()
+                    rows.append(row)
+                    print(f"nni {strategy} N={n} seed {seed}: {cell} {row['c10']:.2f} / {row['c100']:.2f}", flush=True)
+    return rows
+
+
 def live_check(objective: str, seeds: int, trials: int, folder: Path) -> list[dict]:
     """The same searches run for real (`run_search`, scores measured) and replayed: do they pick the same?"""
     from autokd.search import run_search
@@ -158,6 +187,8 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--samplers", default=",".join(SAMPLERS))
     p.add_argument("--budgets", default="1,0.25,0.5,0.75", help="fractions of the largest network's MACs")
     p.add_argument("--budget-samplers", default="evolution", help="samplers also run under the smaller budgets")
+    p.add_argument("--nni", action="store_true",
+                   help="also run NNI 3.0's Random and RegularizedEvolution on the same objective (no budget)")
     p.add_argument("--live", type=int, default=0, help="also run this many seeds live (N = the first --trials)")
     p.add_argument("--out", type=Path, default=OUT)
     args = p.parse_args(argv)
@@ -208,6 +239,9 @@ def main(argv: list[str] | None = None) -> dict:
                         print(f"{sampler} N={n} budget {fraction:g} seed {seed}: {cell} {row['c10']:.2f} / "
                               f"{row['c100']:.2f}", flush=True)
 
+    if args.nni:
+        rows += nni_rows(table, args.objective, trials, args.seeds, accuracy, rows_path, done, score_seconds)
+
     checks = []
     if args.live:
         (args.out / "live").mkdir(exist_ok=True)
@@ -226,7 +260,8 @@ def main(argv: list[str] | None = None) -> dict:
         for n in trials:
             part = frame[(frame.budget_fraction == fraction) & (frame.trials == n)]
             for sampler, group in part.groupby("sampler", sort=False):
-                name = f"autokd {sampler}" + (" (default)" if sampler == "evolution" else "")
+                name = (f"NNI 3.0 {sampler[4:]} (same objective)" if sampler.startswith("nni ") else
+                        f"autokd {sampler}" + (" (default)" if sampler == "evolution" else ""))
                 lines.append(summary_line(name, n, label, group.c10.tolist(), group.c100.tolist(),
                                           f"live est. {group.live_cpu_s_estimate.mean():.0f} s",
                                           f"{group.replay_cpu_s.mean():.1f}"))

@@ -15,8 +15,9 @@ import torch.nn.functional as F
 from autokd.cost import Cost
 from autokd.errors import AutokdError
 from autokd.proxies.aznas import AZNAS, AZNAS_PROXIES, eigen_entropy, rademacher
-from autokd.proxies.base import Probe, ScoringBatch, reinit_
+from autokd.proxies.base import Probe, ScoringBatch, blocks, reinit_
 from autokd.spaces.cifar_resnet import CifarResNet
+from autokd.spaces.nb201 import NB201Network
 
 NUM_CLASSES = 10
 
@@ -77,17 +78,20 @@ def channel_rows(x: torch.Tensor) -> torch.Tensor:
 
 def test_cnn_scores_by_hand():
     model, batch = BlockNet(), make_batch()
-    # CNNs are scored on a Kaiming-normal (fan-in) copy, drawn from the reference seed, then Rademacher vectors
+    # CNNs are scored on a Kaiming-normal (fan-in) copy, drawn from the reference seed, fed N(0, 1) noise shaped
+    # like the batch (the authors' torch.randn input), then Rademacher vectors
     generator = torch.Generator().manual_seed(5)
     init = copy.deepcopy(model)
     reinit_(init, generator)
+    noise = torch.randn(batch.images.shape, generator=generator)
     w1, w2 = init.blocks[0].conv.weight.detach(), init.blocks[1].conv.weight.detach()
     assert float(w2.std()) == pytest.approx(math.sqrt(2 / 36), rel=0.3)
     with torch.no_grad():
-        stem = F.conv2d(batch.images, init.stem.weight, init.stem.bias, padding=1)
+        stem = F.conv2d(noise, init.stem.weight, init.stem.bias, padding=1)
         h1 = torch.relu(F.conv2d(stem, w1, padding=1))
         h2 = torch.relu(F.conv2d(h1, w2, stride=2, padding=1))
-    e1, e2 = entropy_by_hand(channel_rows(h1)), entropy_by_hand(channel_rows(h2))
+    # the stem's output is the first feature, as in the authors' extract_cell_features
+    e0, e1, e2 = (entropy_by_hand(channel_rows(h)) for h in (stem, h1, h2))
     g1, g2 = rademacher(h1, generator), rademacher(h2, generator)
     # d relu(conv(x)) / dx, transposed: mask by the ReLU, then the transposed convolution
     g_in1 = F.conv_transpose2d(g1 * (h1 > 0), w1, padding=1)
@@ -96,10 +100,78 @@ def test_cnn_scores_by_hand():
     t1 = trainability_by_hand(channel_rows(g_in1), channel_rows(g1))
     t2 = trainability_by_hand(channel_rows(g_in2), channel_rows(g2))
     scores = AZNAS(probe(model, batch, seed=5))
-    assert scores["az_expressivity"] == pytest.approx(e1 + e2, rel=1e-5)
-    assert scores["az_progressivity"] == pytest.approx(e2 - e1, rel=1e-4, abs=1e-6)
+    assert scores["az_expressivity"] == pytest.approx(e0 + e1 + e2, rel=1e-5)
+    assert scores["az_progressivity"] == pytest.approx(min(e1 - e0, e2 - e1), rel=1e-4, abs=1e-6)
     assert scores["az_trainability"] == pytest.approx((t1 + t2) / 2, rel=1e-4)
     assert scores["az_complexity"] == 123.0
+
+
+def test_scores_read_noise_not_the_batch_images():
+    model, batch = BlockNet(), make_batch()
+    other = ScoringBatch(batch.images.flip(0) * 3 + 1, batch.labels)
+    assert AZNAS(probe(model, other)) == AZNAS(probe(model, batch))
+
+
+# --- NAS-Bench-201: the authors' NB201 code (stem output first, identity cells -inf, nan -inf) ------------
+
+
+def nb201_by_hand(model: nn.Module, shape: torch.Size, seed: int) -> tuple[float, float, float]:
+    """The authors' NB201 compute_az_nas_score on the chained cell features of a re-initialised copy."""
+    generator = torch.Generator().manual_seed(seed)
+    init = copy.deepcopy(model).train()
+    reinit_(init, generator)
+    noise = torch.randn(shape, generator=generator)
+    features = [init.stem(noise)]
+    for cell in init.cells:  # 3 cells and the 2 stride-2 residual blocks between them
+        features.append(cell(features[-1]))
+    entropies = [entropy_by_hand(channel_rows(f.detach())) for f in features]
+    grads_out = [rademacher(f, generator) for f in features[1:]]
+    scores = []
+    for f_in, f_out, g_out in zip(features, features[1:], grads_out):
+        g_in = torch.autograd.grad(f_out, f_in, g_out, retain_graph=True)[0]
+        if g_in.shape == g_out.shape and torch.equal(g_in, g_out):
+            scores.append(-math.inf)
+            continue
+        if g_in.shape[2] != g_out.shape[2]:
+            g_in = F.pixel_unshuffle(g_in, g_in.shape[2] // g_out.shape[2])
+        scores.append(trainability_by_hand(channel_rows(g_in), channel_rows(g_out)))
+    steps = [b - a for a, b in zip(entropies, entropies[1:])]
+    values = (sum(entropies), min(steps), sum(scores) / len(scores))
+    return tuple(-math.inf if math.isnan(v) else v for v in values)  # the authors' nan -> -inf
+
+
+BEST_CELL = ("nor_conv_3x3", "nor_conv_3x3", "nor_conv_3x3", "skip_connect", "nor_conv_3x3", "nor_conv_3x3")
+MIXED_CELL = ("avg_pool_3x3", "nor_conv_1x1", "skip_connect", "nor_conv_1x1", "none", "nor_conv_3x3")
+
+
+@pytest.mark.parametrize("ops", [BEST_CELL, MIXED_CELL], ids=["best", "mixed"])
+def test_nb201_scores_by_hand(ops):
+    model, batch = NB201Network(ops, channels=4, cells=1), make_batch(n=16)
+    expressivity, progressivity, trainability = nb201_by_hand(model, batch.images.shape, seed=3)
+    scores = AZNAS(probe(model, batch, seed=3))
+    assert len(blocks(model)) == 5  # the 3 InferCells and the 2 ResidualBlocks
+    assert scores["az_expressivity"] == pytest.approx(expressivity, rel=1e-5)
+    assert scores["az_progressivity"] == pytest.approx(progressivity, rel=1e-4, abs=1e-6)
+    assert scores["az_trainability"] == pytest.approx(trainability, rel=1e-4)
+
+
+def test_nb201_identity_cell_has_the_worst_trainability():
+    # node 3 = skip(node 0) + none(node 1) + none(node 2): each cell passes its input on unchanged
+    ops = ("nor_conv_3x3", "nor_conv_3x3", "nor_conv_3x3", "skip_connect", "none", "none")
+    model, batch = NB201Network(ops, channels=4, cells=1), make_batch(n=16)
+    scores = AZNAS(probe(model, batch))
+    assert scores["az_trainability"] == -math.inf == nb201_by_hand(model, batch.images.shape, seed=0)[2]
+    assert math.isfinite(scores["az_expressivity"]) and math.isfinite(scores["az_progressivity"])
+
+
+def test_nb201_zero_cell_has_the_worst_expressivity_and_progressivity():
+    # an all-`none` cell outputs zeros: no variance, so no eigen-entropy (nan, read as -inf by the authors)
+    model, batch = NB201Network(("none",) * 6, channels=4, cells=1), make_batch(n=16)
+    scores = AZNAS(probe(model, batch))
+    assert scores["az_expressivity"] == scores["az_progressivity"] == -math.inf
+    assert math.isfinite(scores["az_trainability"])
+    expressivity, progressivity, _ = nb201_by_hand(model, batch.images.shape, seed=0)
+    assert expressivity == progressivity == -math.inf
 
 
 # --- tokens (a ViT's blocks): no progressivity, identity blocks skipped ---------------------------------
@@ -135,16 +207,18 @@ class TokenNet(nn.Module):
 def test_token_scores_by_hand():
     model, batch = TokenNet(), make_batch()
     w1, w3 = model.blocks[0].fc.weight.detach(), model.blocks[2].fc.weight.detach()  # no re-init: no convs
+    generator = torch.Generator().manual_seed(0)
+    noise = torch.randn(batch.images.shape, generator=generator)
     with torch.no_grad():
-        tokens = model.embed(batch.images.flatten(2).transpose(1, 2))
+        tokens = model.embed(noise.flatten(2).transpose(1, 2))
         h1 = torch.tanh(tokens @ w1.T)
         h3 = torch.tanh(h1 @ w3.T)
-    generator = torch.Generator().manual_seed(0)
     g1, g2, g3 = (rademacher(h, generator) for h in (h1, h1, h3))
     t1 = trainability_by_hand((g1 * (1 - h1**2) @ w1).flatten(0, 1), g1.flatten(0, 1))
     t3 = trainability_by_hand((g3 * (1 - h3**2) @ w3).flatten(0, 1), g3.flatten(0, 1))
     scores = AZNAS(probe(model, batch))
-    entropies = [entropy_by_hand(h.flatten(0, 1)) for h in (h1, h1, h3)]  # the skip block's output counts
+    # block outputs only (no embedding), the skip block's output counts
+    entropies = [entropy_by_hand(h.flatten(0, 1)) for h in (h1, h1, h3)]
     assert scores["az_expressivity"] == pytest.approx(sum(entropies), rel=1e-5)
     assert math.isnan(scores["az_progressivity"])  # the authors define none for transformers
     assert scores["az_trainability"] == pytest.approx((t1 + t3) / 2, rel=1e-4)  # the identity block is skipped

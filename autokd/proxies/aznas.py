@@ -1,8 +1,8 @@
 """AZ-NAS (Lee and Ham, CVPR 2024): expressivity, progressivity, trainability and complexity of a network.
 
 The four scores are read from the outputs of the model's blocks (`autokd.proxies.base.blocks`) in one forward
-and one backward pass; the authors rank candidates by each and sum log(rank / N) over the four, which autokd
-leaves to the aggregation (against a fixed reference sample).
+and one backward pass on Gaussian noise; the authors rank candidates by each and sum log(rank / N) over the four,
+which autokd leaves to the aggregation (against a fixed reference sample).
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ import copy
 import math
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -47,7 +48,8 @@ def eigen_entropy(features: torch.Tensor) -> float:
     """Expressivity of one block: entropy of the normalised eigenvalues of the channel covariance.
 
     Rows (B*H*W or B*N) centred per channel, Sigma = F^T F / rows, p = eig(Sigma) / sum, -sum p log(p + 1e-8).
-    Eigenvalues are clamped at 0 (rounding makes the smallest slightly negative).
+    Eigenvalues are clamped at 0 (rounding makes the smallest slightly negative); nan for features with no
+    variance at all (a cell of `none` ops outputs zeros).
     """
     rows = as_rows(features.detach()).float()
     rows = rows - rows.mean(0, keepdim=True)
@@ -121,6 +123,11 @@ def record_blocks(model: nn.Module, images: torch.Tensor) -> list[BlockRecord]:
     return records
 
 
+def worst_if_nan(value: float) -> float:
+    """The authors' reading of a score left undefined by the network (nan): the worst, -inf."""
+    return -math.inf if math.isnan(value) else value
+
+
 def rademacher(like: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     """A random +-1 tensor shaped and placed like `like`, drawn on the CPU from `generator`."""
     signs = torch.randint(0, 2, like.shape, generator=generator, dtype=torch.int8) * 2 - 1
@@ -130,22 +137,31 @@ def rademacher(like: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
 def _aznas(probe: Probe) -> dict[str, float]:
     """AZ-NAS's expressivity, progressivity, trainability (higher = better each) and complexity (MACs).
 
-    Reference: cvlab-yonsei/AZ-NAS @ c84b00b8 : ImageNet_MBV2/ZeroShotProxy/compute_az_nas_score.py (CNNs) and
-    @ 3d6e8c4b : ImageNet_AutoFormer/lib/training_free/indicators/az_nas.py (ViTs):
-    - features = the block outputs, (B*H*W, C) or (B*N, C); expressivity = sum over blocks of the eigen-entropy
-      of the channel covariance; progressivity = min over consecutive blocks of the entropy increase. The
-      authors define no progressivity for ViTs (nor can one block have any): NaN then;
+    Reference: cvlab-yonsei/AZ-NAS @ d41d5245 : NB201/ZeroShotProxy/compute_az_nas_score.py with
+    NB201/custom/tss_model.py and NB201/tss_general.ipynb (NAS-Bench-201), @ c84b00b8 :
+    ImageNet_MBV2/ZeroShotProxy/compute_az_nas_score.py (CNNs) and @ 3d6e8c4b :
+    ImageNet_AutoFormer/lib/training_free/indicators/az_nas.py (ViTs):
+    - input: standard normal noise shaped like the scoring batch (all three codes score on torch.randn; the
+      NB201 notebook gives real images only to zico, snip, grasp, te_nas and gradsign), drawn from the reference
+      seed, so the scoring batch's images are not read;
+    - features = for CNNs the stem's output (the first block's input: tss_model.extract_cell_features starts with
+      it) and then each block's output, (B*H*W, C); for ViTs the block outputs alone, (B*N, C). expressivity = sum
+      of the eigen-entropies of the channel covariances; progressivity = min over consecutive features of the
+      entropy increase (the authors define none for ViTs: NaN then);
     - trainability: a Rademacher (+-1) vector at each block output is sent back to the block input by autograd,
       PixelUnshuffle on a resolution change, M = g_in^T g_out / (B*H*W), score 2 - sigma - 1/sigma of its
-      largest singular value; the mean over blocks, skipping identity blocks (the ViT code skips them, the CNN
-      code scores them -inf);
-    - complexity = the candidate's MACs (`probe.cost`).
-    autokd's choices: the real scoring-batch images (the authors' code takes a loader batch or randn); BatchNorm
-    on batch statistics (the CNN code runs in train mode); block input = what enters each block (the authors
-    pair consecutive features, the stem's output first, which is the same for chained blocks). CNNs are
-    re-initialised as the CNN code does (Kaiming-normal fan-in, norms 1/0) on a copy: as built, timm ResNets
-    zero the last BatchNorm of every residual branch, so each block starts as the identity of its input and
-    expressivity and trainability read the shortcut alone; ViTs are scored as built, as the AutoFormer code does.
+      largest singular value; the mean over blocks. An identity block (g_in == g_out) scores -inf in the CNN
+      code, so one makes the mean -inf; the ViT code skips it;
+    - a score left nan (features with no variance, e.g. an all-`none` NAS-Bench-201 cell) is -inf, as the
+      authors return it;
+    - complexity = the candidate's MACs (`probe.cost`; the NB201 notebook reads the benchmark's FLOPs).
+    autokd's choices: BatchNorm on batch statistics (the CNN code runs in train mode); block input = what enters
+    each block (the authors pair consecutive features, which is the same for chained blocks); eigenvalues in
+    float64 clamped at 0 (the authors' float32 eigvalsh turns some rank-deficient covariances into nan through
+    rounding, which they then rank last). CNNs are re-initialised as the CNN code does (Kaiming-normal fan-in,
+    norms 1/0) on a copy: as built, timm ResNets zero the last BatchNorm of every residual branch, so each block
+    starts as the identity of its input and expressivity and trainability read the shortcut alone; ViTs are
+    scored as built, as the AutoFormer code does.
     """
     model, device = probe.model, next(probe.model.parameters()).device
     generator = torch.Generator().manual_seed(probe.ref.seed)
@@ -153,26 +169,29 @@ def _aznas(probe: Probe) -> dict[str, float]:
         if any(isinstance(m, nn.Conv2d) for b in blocks(model) for m in b.modules()):
             model = copy.deepcopy(model)
             reinit_(model, generator)
-        images = probe.batch.images.to(device).clone()
+        noise = torch.randn(probe.batch.images.shape, generator=generator, dtype=probe.batch.images.dtype).to(device)
     with (
         scoring_mode(model, batch_stats=True, seed=probe.ref.seed),
         torch.inference_mode(False),
         torch.enable_grad(),
     ):
-        records = record_blocks(model, images)
-        entropies = [eigen_entropy(r.output) for r in records]
+        records = record_blocks(model, noise)
+        tokens = records[0].output.dim() == 3
+        features = [r.output for r in records] if tokens else [records[0].input, *(r.output for r in records)]
+        entropies = [eigen_entropy(f) for f in features]
         grads_out = [rademacher(r.output, generator) for r in records]
         grads_in = torch.autograd.grad(
             [r.output for r in records], [r.input for r in records], grads_out, allow_unused=True
         )
+    identity = None if tokens else -math.inf
     scores = [block_trainability(g_in, g_out) for g_in, g_out in zip(grads_in, grads_out) if g_in is not None]
+    scores = [identity if s is None else s for s in scores]
     scores = [s for s in scores if s is not None]
-    tokens = records[0].output.dim() == 3
-    steps = [b - a for a, b in zip(entropies, entropies[1:])]
+    steps = np.diff(entropies)
     return {
-        "az_expressivity": float(sum(entropies)),
-        "az_progressivity": math.nan if tokens or not steps else float(min(steps)),
-        "az_trainability": float(sum(scores) / len(scores)) if scores else math.nan,
+        "az_expressivity": worst_if_nan(float(np.sum(entropies))),
+        "az_progressivity": math.nan if tokens or not steps.size else worst_if_nan(float(np.min(steps))),
+        "az_trainability": worst_if_nan(float(np.mean(scores)) if scores else math.nan),
         "az_complexity": float(probe.cost.macs),
     }
 

@@ -5,6 +5,7 @@ import random
 import pandas as pd
 import pytest
 import torch
+import yaml
 
 from autokd.cli import main
 from autokd.cost import count_macs, count_params
@@ -73,7 +74,8 @@ def test_ground_truth_cells_parse(shared_ground_truth):
 
 def test_search_nb201_end_to_end_names_students_by_cell(capsys, tmp_path):
     out = tmp_path / "run"
-    code = main(["search", "--teacher", "resnet20_cifar", "--space", "nb201", "--budget", "60M", "--trials", "8",
+    code = main(["search", "--teacher", "resnet20_cifar", "--space", "nb201", "--budget", "60M", "--trials", "6",
+                 "--reference-size", "8",
                  "--population", "4", "--tournament", "2", "--batch-size", "16", "--top-k", "3", "--quiet",
                  "--out", str(out)])
     assert code == 0
@@ -84,3 +86,6 @@ def test_search_nb201_end_to_end_names_students_by_cell(capsys, tmp_path):
         text = arch.removeprefix("nb201 ")
         assert cell_string(parse_cell(text)) == text
     assert board["arch"].iloc[0].removeprefix("nb201 ") in printed.replace("\n", "")
+    top = yaml.safe_load((out / "top" / "1.yaml").read_text())
+    assert top["arch"] == board["arch"].iloc[0] and top["spec"]["space"] == "nb201"
+    assert board["arch"].iloc[0].removeprefix("nb201 ") in (out / "report.html").read_text()

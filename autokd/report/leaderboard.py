@@ -73,6 +73,7 @@ def write_top_specs(board: pd.DataFrame, folder: Path, meta: dict) -> list[Path]
         scores = {k: v for k, v in row.items() if k not in {*BASE_COLUMNS, "rank", "spec_json"}}
         doc = {
             "spec": spec.as_dict(),
+            "arch": spec.short(),  # e.g. a NAS-Bench-201 cell string, to look the student up in the benchmark
             "rank": int(row["rank"]),
             "trial": int(row["trial"]),
             "macs": int(row["macs"]),

@@ -27,6 +27,9 @@ from autokd.errors import AutokdError
 #: named aggregates: the authors' own combinations, and size with the scores the literature pairs it with
 AGGREGATES: dict[str, tuple[str, ...]] = {
     "aznas": ("az_expressivity", "az_progressivity", "az_trainability", "az_complexity"),
+    # VKDNW_agg (CVPR 2025; ondratybl/VKDNW NB201/paper_preparation.ipynb, "Ablation: add components"): FLOPs,
+    # AZ-NAS's expressivity and trainability, jacov and VKDNW (layer count, entropy breaking ties), equal weights
+    "vkdnw_agg": ("vkdnw", "jacov", "az_expressivity", "az_trainability", "macs"),
 }
 #: what `autokd search` maximises unless told otherwise: the best mean Kendall tau against distilled accuracy over
 #: the ground truths, among the stable and fast scores (README, benchmarks/bench_ranking_table.py)

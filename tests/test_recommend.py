@@ -49,6 +49,17 @@ def test_meta_model_recovers_a_planted_rule_on_any_table():
     assert near["dataset"][0] == ((z - point) ** 2).sum(axis=1).idxmin()
 
 
+def test_nearest_tasks_leave_out_a_feature_the_tasks_share():
+    table = planted_table()  # every KB task has the same student size, up to its classifier head
+    table = table.assign(student_macs=12e6 + table["dataset"].str[1:].astype(int))
+    model = MetaModel(["noise", "size", "student_macs"], ["method", "lr"], "acc_gain", trees=10).fit(table)
+    query = {"noise": 0.9, "size": 0.5}
+    same = model.nearest_tasks({**query, "student_macs": 12e6}, table, "dataset", k=3)
+    other = model.nearest_tasks({**query, "student_macs": 24e6}, table, "dataset", k=3)  # a bigger student
+    pd.testing.assert_frame_equal(same, other)  # the shared column tells no task apart: distances unchanged
+    assert other["distance"].max() < 5
+
+
 def test_shrink_pulls_a_prediction_to_the_pipelines_average_over_tasks():
     table = pd.DataFrame({"task": ["A", "A", "B", "A", "B"], "f": [0.0, 0.0, 1.0, 0.0, 1.0],
                           "method": ["r1", "r1", "r1", "r2", "r2"], "gain": [1.0, 3.0, 6.0, 0.0, 2.0]})

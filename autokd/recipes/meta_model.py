@@ -91,10 +91,14 @@ class MetaModel:
     def nearest_tasks(self, task: Mapping[str, Any], table: pd.DataFrame, task_column: str,
                       k: int = 3) -> pd.DataFrame:
         """The `k` tasks of `table` closest to `task` in the task columns, each standardised over `table`'s
-        tasks: `task_column` and `distance`, nearest first."""
+        tasks (a column that varies by less than 1% of its mean over the tasks, e.g. the MACs ratio of one
+        student and teacher at one resolution, tells none apart and is left out): `task_column` and `distance`,
+        nearest first."""
         tasks = table.groupby(task_column)[list(self.task_columns)].mean()
-        mean, std = tasks.mean(), tasks.std(ddof=0).replace(0, 1).fillna(1)
-        point = pd.Series({c: float(task[c]) for c in self.task_columns})
+        std = tasks.std(ddof=0)
+        varying = [c for c in tasks.columns if std[c] > 0.01 * abs(tasks[c].mean())]
+        tasks, mean, std = tasks[varying], tasks[varying].mean(), std[varying]
+        point = pd.Series({c: float(task[c]) for c in varying}, dtype=float)
         z = ((tasks - mean) / std).fillna(0)
         distance = np.sqrt((((point - mean) / std).fillna(0) - z).pow(2).sum(axis=1))
         return distance.sort_values(kind="stable").head(k).rename("distance").reset_index()

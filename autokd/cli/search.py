@@ -64,8 +64,9 @@ def add_search_args(p: argparse.ArgumentParser) -> None:
                    help="more scores to record beside the objective's, e.g. diswot,zico,meco (params and macs "
                         "are always recorded)")
     p.add_argument("--objective",
-                   help="the score the search maximises (default: the best measured ranking, see the README): one "
-                        "score, or several joined by '+' (their log-rank sum, AZ-NAS style), or aznas")
+                   help="the score the search maximises (default: the best measured ranking, see "
+                        "docs/evidence.md): one score, or several joined by '+' (their log-rank sum, AZ-NAS style), "
+                        "or aznas")
     p.add_argument("--reference-size", type=int, default=32,
                    help="random specs under the budget that an aggregate objective ranks against (default 32)")
     p.add_argument("--score-teacher", default="random", choices=("random", "trained"),

@@ -26,6 +26,7 @@ import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repository root, for benchmarks.*
 from autokd.io import write_csv, write_text  # noqa: E402
+from autokd.proxies import PROXIES  # noqa: E402
 from autokd.proxies.aggregate import aggregate_terms, population_aggregate  # noqa: E402
 from benchmarks.common import RESULTS_DIR, machine, markdown_table, print_table, write_json  # noqa: E402
 from benchmarks.ranking.bench_proxy_quality import (  # noqa: E402
@@ -53,8 +54,6 @@ PUBLISHED: dict[str, tuple[float, float, str]] = {
 NASLIB_NAMES = {"params": "params", "macs": "flops", "synflow": "synflow", "snip": "snip", "grad_norm": "grad_norm",
                 "fisher": "fisher", "jacov": "jacov"}
 NOT_IN_AUTOKD = ("grasp", "epe_nas", "l2_norm", "plain")
-#: aggregates reported for NB201 beside COMBINATIONS: VKDNW_agg as its authors rank it, and size with shape
-NB201_COMBINATIONS = ("vkdnw_agg", "params+layers+meco", "params+meco", "layers+meco", "params+layers+aznas")
 
 
 def read_scores(directory: Path, head: int) -> pd.DataFrame:
@@ -155,7 +154,8 @@ def stability(seed0: pd.DataFrame, seed1: pd.DataFrame, names: tuple[str, ...]) 
 
 
 def naslib_check(c10: pd.DataFrame) -> list[dict]:
-    """Kendall tau between autokd's and NAS-Bench-Suite-Zero's value of each proxy on the same networks."""
+    """Per proxy NAS-Bench-Suite-Zero also computed, on the same networks: Kendall tau between autokd's value and
+    theirs, and each one's tau against their 200-epoch CIFAR-10 validation accuracy."""
     theirs = pd.read_csv(NASLIB)
     theirs = theirs[theirs["dataset"] == "c10"].drop_duplicates("index").set_index("index")
     mine = c10.set_index("index")
@@ -164,10 +164,11 @@ def naslib_check(c10: pd.DataFrame) -> list[dict]:
         if key not in mine.columns:
             out.append({"proxy": key, "naslib": name, "tau": None, "n": 0})
             continue
-        both = pd.merge(mine[[key]], theirs[[name]], left_index=True, right_index=True,
+        both = pd.merge(mine[[key]], theirs[[name, "val_accuracy"]], left_index=True, right_index=True,
                         suffixes=("", "_naslib")).dropna()
-        ours, their = both.iloc[:, 0].to_numpy(float), both.iloc[:, 1].to_numpy(float)
-        out.append({"proxy": key, "naslib": name, "tau": kendall_tau(ours, their), "n": len(both)})
+        ours, their, acc = (both.iloc[:, i].to_numpy(float) for i in range(3))
+        out.append({"proxy": key, "naslib": name, "tau": kendall_tau(ours, their), "n": len(both),
+                    "tau_acc_autokd": kendall_tau(ours, acc), "tau_acc_naslib": kendall_tau(their, acc)})
     return out + [{"proxy": name, "naslib": name, "tau": None, "n": 0, "note": "not implemented in autokd"}
                   for name in NOT_IN_AUTOKD]
 
@@ -185,12 +186,12 @@ def main(argv: list[str] | None = None) -> dict:
     gt = ground_truth()
     c10, c100 = read_scores(args.scores, 10), read_scores(args.scores, 100)
     seconds = seconds_per_network(args.scores)
-    names = (*COMBINATIONS, *NB201_COMBINATIONS)
+    names = COMBINATIONS
     frames = {d: with_aggregates(dataset_frame(c10, c100, gt, d), names) for d in DATASETS}
     for d, frame in frames.items():  # the inputs of bench_ranking_table.py
         write_csv(args.scores / f"table_nb201_{d}.csv", frame)
     rows = [*score_keys(frames["c10"]), *names]
-    rows = [r for r in dict.fromkeys(rows) if r in frames["c10"].columns]
+    rows = [r for r in dict.fromkeys(rows) if r in frames["c10"].columns and frames["c10"][r].nunique() > 1]
     results = {}
     for r in rows:
         results[r] = {d: tau_row(oriented_column(f, r), f["kd_acc"].to_numpy(float), args.resamples, args.seed)
@@ -198,6 +199,12 @@ def main(argv: list[str] | None = None) -> dict:
     full = closed_form_baselines(gt)
     on_all = {b: {d: tau_row(full[b].to_numpy(float), gt[col].to_numpy(float), args.resamples, args.seed)
                   for d, col in DATASETS.items()} for b in ("params", "macs", "layers")}
+
+    owner = {k: n for n, p in PROXIES.items() for k in p.outputs}
+
+    def cost(row: str) -> str:
+        terms = {owner.get(t, t) for t in (aggregate_terms(row) or (row,))}
+        return f"{sum(seconds[t] for t in terms):.2f}" if all(t in seconds for t in terms) else "-"
 
     def cell(q: dict) -> str:
         return f"{q['tau']:+.3f} [{q['ci'][0]:+.2f}, {q['ci'][1]:+.2f}]" if q else "-"
@@ -210,7 +217,7 @@ def main(argv: list[str] | None = None) -> dict:
         flag = "below published by > 0.05" if gap and min(gap) < -0.05 else ""
         lines.append([r, cell(q["c10"]), cell(q["c100"]), q["c10"].get("n", "-"),
                       f"{pub[0]:.3f} / {pub[1]:.3f}" if pub else "-", flag,
-                      f"{sum(seconds.get(t, np.nan) for t in (aggregate_terms(r) or (r,))):.2f}"])
+                      cost(r)])
     for b, q in on_all.items():
         lines.append([f"{b} (all 15,625)", cell(q["c10"]), cell(q["c100"]), q["c10"]["n"],
                       f"{PUBLISHED[b][0]:.3f} / {PUBLISHED[b][1]:.3f}" if b in PUBLISHED else "-", "", "0"])
@@ -220,13 +227,15 @@ def main(argv: list[str] | None = None) -> dict:
              "published: " + "; ".join(f"{k}: {v[2]}" for k, v in PUBLISHED.items())]
     print_table("NAS-Bench-201: Kendall tau vs 200-epoch test accuracy", columns, lines, notes)
     check = naslib_check(c10)
+    check_columns = ["autokd", "NAS-Bench-Suite-Zero", "tau between them", "networks",
+                     "tau vs their val. acc.: autokd / theirs", "note"]
     check_lines = [[c["proxy"], c["naslib"], f"{c['tau']:+.3f}" if c["tau"] is not None else "-", c["n"],
+                    f"{c['tau_acc_autokd']:+.3f} / {c['tau_acc_naslib']:+.3f}" if c["tau"] is not None else "-",
                     c.get("note", "")] for c in check]
-    print_table("autokd's value vs NAS-Bench-Suite-Zero's, network by network (Kendall tau)",
-                ["autokd", "NAS-Bench-Suite-Zero", "tau", "networks", "note"], check_lines)
+    print_table("autokd's value vs NAS-Bench-Suite-Zero's, network by network (Kendall tau, CIFAR-10)",
+                check_columns, check_lines)
     write_text(args.out.with_suffix(".md"),
-               markdown_table(columns, lines) + "\n\n" + markdown_table(
-                   ["autokd", "NAS-Bench-Suite-Zero", "tau", "networks", "note"], check_lines) + "\n")
+               markdown_table(columns, lines) + "\n\n" + markdown_table(check_columns, check_lines) + "\n")
     stable = None
     if args.seed1.is_file():
         stable = stability(c10, pd.read_csv(args.seed1).drop(columns=["head"]), names)

@@ -37,6 +37,8 @@ COMBINATIONS = (
     "params+diswot", "params+zico", "params+meco", "params+swap", "params+vkdnw", "params+az_expressivity",
     "params+az_trainability", "params+synflow", "params+grad_norm", "params+naswot", "params+snip",
     "params+fisher", "params+jacov", "params+zen", "params+dss", "params+macs",
+    # VKDNW's authors' aggregate, and size with the layer count, which VKDNW found ranks NB201 as well as FLOPs
+    "vkdnw_agg", "params+layers+meco", "layers+meco", "params+layers+aznas",
 )
 TARGETS = ("kd_acc", "cls_acc")
 GT_COLUMNS = ("spec", "macs", "params", "kd_acc", "cls_acc", "seed", "epochs", "device")

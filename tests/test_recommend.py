@@ -185,23 +185,32 @@ def test_kb_appends_atomically_skips_known_keys_and_validates(tmp_path):
     ("\x00\x01\x02PK\x03\x04 binary", "not an autokd KB|not a CSV"),
     (None, "no knowledge base at"),
 ])
-def test_bad_kb_gives_one_line_naming_the_fallback(tmp_path, content, message):
+def test_bad_kb_is_one_error_line_and_auto_names_the_fallback(tmp_path, content, message):
+    from autokd.recipes.recommend import auto_recipe
+
     path = tmp_path / "kb.csv"
     if content is not None:
         path.write_text(content)
     profile = {**kb_rows()[0]}
     with pytest.raises(AutokdError, match=message) as err:
-        recommend(str(path), profile)
-    assert "\n" not in str(err.value) and "falling back to the default rule (dist" in str(err.value)
+        recommend(str(path), profile, starter=False)
+    assert "\n" not in str(err.value) and "falling back" not in str(err.value)  # an error, not a fallback
+    recipe, note = auto_recipe(str(path), profile, starter=False)  # --recipe auto falls back, and says so
+    assert recipe.loss == "dist" and note.endswith("falling back to the default rule (dist for a cnn->cnn pair)")
+    if content is None:  # no KB of the user's own: the starter KB answers
+        assert len(recommend(str(path), profile).ranked) > 0
 
 
 def test_kb_without_rows_for_this_pair_kind_names_the_fallback(tmp_path):
+    from autokd.recipes.recommend import auto_recipe
+
     path = tmp_path / "kb.csv"
     append_rows(path, kb_rows())
     profile = {**kb_rows(student_family="vit")[0]}
-    with pytest.raises(AutokdError, match=r"no cnn->vit runs .* \(it holds cnn->cnn\).*kd_adamw") as err:
-        recommend(str(path), profile)
+    with pytest.raises(AutokdError, match=r"no cnn->vit runs .* \(it holds cnn->cnn\)") as err:
+        recommend(str(path), profile, starter=False)
     assert "\n" not in str(err.value)
+    assert "kd_adamw for a cnn->vit pair" in auto_recipe(str(path), profile, starter=False)[1]
 
 
 def test_grid_has_every_kd_preset_with_its_knobs():

@@ -32,8 +32,9 @@ None is neutral, measured on CIFAR-10 JPEGs with the trained ResNet-56 teacher (
 cifar_resnet students: with "projection", M_s is 1.96 +- 0.02 for every student narrower than 64 and 0.88 for
 width 64, so among mismatched widths M_s carries almost no signal and equal-width students are favoured; with
 "pool", M_s shrinks with the student's width (0.14 at width 8), so a 200-trial search under 50 MMACs ranked
-the narrowest students first. Against trained students (benchmarks/bench_proxy_variants.py, README) the
-projection ranked distilled accuracy best of the four, so it stays the default; `--width-match` picks another.
+the narrowest students first. Against trained students (benchmarks/ranking/bench_proxy_variants.py,
+docs/evidence.md) the projection ranked distilled accuracy best of the four, so it stays the default;
+`--width-match` picks another.
 """
 
 from __future__ import annotations

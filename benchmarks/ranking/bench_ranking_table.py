@@ -183,7 +183,7 @@ def main(argv: list[str] | None = None) -> dict:
     ceilings = {}
     for spec in args.seeds or ():
         name, _, path = spec.partition("=")
-        for gt in gts:
+        for gt in {**gts, **shown_gts}:
             if gt == name or gt.startswith(name + "/"):
                 ceilings[gt] = seed_ceiling(path, gt.split("/", 1)[1] if "/" in gt else None, args.resamples,
                                             args.seed)

@@ -281,3 +281,12 @@ def test_the_installed_command_prints_no_traceback(tmp_path, argv, message):
     assert done.stderr.strip().splitlines()[-1].startswith(message)
     assert "Traceback" not in done.stderr and "hunter2" not in done.stderr + done.stdout
     assert list(tmp_path.iterdir()) == []
+
+
+def test_memory_storage_is_refused_on_the_command_line(capsys, tmp_path):
+    from autokd.cli import main
+
+    code = main(["search", "--teacher", "resnet20_cifar", "--space", "cifar_resnet", "--budget", "30M",
+                 "--storage", "memory", "--out", str(tmp_path / "out")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and "--storage memory" in err[-1] and not (tmp_path / "out").exists()

@@ -89,3 +89,9 @@ def test_search_nb201_end_to_end_names_students_by_cell(capsys, tmp_path):
     top = yaml.safe_load((out / "top" / "1.yaml").read_text())
     assert top["arch"] == board["arch"].iloc[0] and top["spec"]["space"] == "nb201"
     assert board["arch"].iloc[0].removeprefix("nb201 ") in (out / "report.html").read_text()
+
+
+def test_image_sizes_the_network_cannot_halve_are_refused():
+    with pytest.raises(AutokdError, match="divisible by 4"):
+        load_space("nb201", 30)
+    assert load_space("nb201", 64).suits() and not load_space("nb201", 224).suits()

@@ -78,6 +78,7 @@ def test_an_unstable_row_is_never_the_default(tmp_path):
 
 
 def test_fidelity_benchmark_ranks_the_same_students_every_way_and_resumes_row_by_row(tmp_path, shared_data):
+    from autokd.proxies.aggregate import DEFAULT_OBJECTIVE
     from benchmarks.ranking import bench_fidelity
 
     out = tmp_path / "fidelity.json"
@@ -85,7 +86,7 @@ def test_fidelity_benchmark_ranks_the_same_students_every_way_and_resumes_row_by
             "--data", str(shared_data / "cifar10-jpeg.zip")]
     result = bench_fidelity.main(argv)
     rows = {r["ranking"]: r for r in result["rows"]}
-    assert list(rows) == ["params", "macs", "default (params+swap)", "refine 200 images x 1 epochs (eta 3)",
+    assert list(rows) == ["params", "macs", f"default ({DEFAULT_OBJECTIVE})", "refine 200 images x 1 epochs (eta 3)",
                           "supernet K=1, 1 epochs"]
     for row in rows.values():
         assert row["students"] == 6 and -1 <= row["kendall_tau"] <= 1 and 1 <= row["top_pick_true_rank"] <= 6

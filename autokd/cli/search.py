@@ -89,6 +89,11 @@ def add_search_args(p: argparse.ArgumentParser) -> None:
 
 def search_config(args: argparse.Namespace):
     from autokd.search import SearchConfig
+    from autokd.storage import MEMORY
+
+    if args.storage == MEMORY:  # gone when the command ends: nothing to train from, resume or open in the dashboard
+        raise AutokdError("--storage memory keeps the study in one Python process and is for the library API; give "
+                          "sqlite:///PATH/autokd.db or postgresql://... on the command line")
 
     return SearchConfig(
         teacher=args.teacher, budget=args.budget, params_budget=args.params_budget, data=args.data,

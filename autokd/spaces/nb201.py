@@ -151,12 +151,17 @@ class NB201Network(nn.Module):
 
 
 class NB201Space(ChoiceSpace):
+    """NAS-Bench-201's cell space: six edges, each one of `ops`; stem width `channels`, `cells` per stage."""
+
     name = "nb201"
     family = "nb201"
     options = ("ops", "channels", "cells")
 
     def __init__(self, config: dict[str, Any], img_size: int):
         super().__init__(config, img_size)
+        if img_size % 4:  # the stride-2 blocks' 2x2-pool shortcut and 3x3 conv disagree on odd map sizes
+            raise AutokdError(f"search space {self.name!r} needs an image size divisible by 4 (the benchmark's is "
+                              f"32), got {img_size}; give --img-size 32")
         ops = self.option("ops", list(OPS))
         unknown = set(ops) - set(OPS)
         if unknown:

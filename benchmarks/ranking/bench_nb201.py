@@ -27,10 +27,11 @@ import pandas as pd
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repository root, for benchmarks.*
 from autokd.io import write_csv, write_text  # noqa: E402
 from autokd.proxies import PROXIES  # noqa: E402
-from autokd.proxies.aggregate import aggregate_terms, population_aggregate  # noqa: E402
+from autokd.proxies.aggregate import aggregate_terms  # noqa: E402
 from benchmarks.common import RESULTS_DIR, machine, markdown_table, print_table, write_json  # noqa: E402
 from benchmarks.ranking.bench_proxy_quality import (  # noqa: E402
     COMBINATIONS,
+    add_combinations,
     bootstrap_ci,
     kendall_tau,
     oriented_column,
@@ -62,10 +63,10 @@ def read_scores(directory: Path, head: int) -> pd.DataFrame:
     frames = [f.drop(columns=[c for c in f.columns if c.startswith("sec_")]) for f in frames]
     if not frames:
         return pd.DataFrame(columns=["index", "arch"])
-    merged = frames[0]
-    for f in frames[1:]:
-        merged = merged.merge(f, on=["index", "arch"], how="outer", suffixes=("", "_dup"))
-    return merged.drop(columns=[c for c in merged.columns if c.endswith("_dup")])
+    merged = frames[0].set_index(["index", "arch"])
+    for f in frames[1:]:  # a column in several files keeps every file's values (the first where both have one)
+        merged = merged.combine_first(f.set_index(["index", "arch"]))
+    return merged.reset_index()
 
 
 def seconds_per_network(directory: Path) -> dict[str, float]:
@@ -89,22 +90,6 @@ def dataset_frame(c10: pd.DataFrame, c100: pd.DataFrame, gt: pd.DataFrame, datas
     accuracy = gt.set_index("index")[DATASETS[dataset]]
     frame["kd_acc"] = accuracy.reindex(frame["index"]).to_numpy()
     return frame
-
-
-def with_aggregates(frame: pd.DataFrame, names: tuple[str, ...]) -> pd.DataFrame:
-    """The frame with each aggregate ranked among the rows that have all of its terms (NaN elsewhere)."""
-    out = frame.copy()
-    for name in names:
-        terms = aggregate_terms(name)
-        if not terms or not all(t in out.columns for t in terms):
-            continue
-        rows = out[list(terms)].notna().all(axis=1).to_numpy()
-        if rows.sum() < 2:
-            continue
-        values = np.full(len(out), np.nan)
-        values[rows] = population_aggregate({t: out.loc[rows, t].to_numpy(float) for t in terms})
-        out[name] = values
-    return out
 
 
 def tau_row(x: np.ndarray, y: np.ndarray, resamples: int, seed: int) -> dict:
@@ -140,8 +125,8 @@ def stability(seed0: pd.DataFrame, seed1: pd.DataFrame, names: tuple[str, ...]) 
     """Kendall tau between two scorings of the same networks (scoring batch, random teacher and inits from seed 0
     and seed 1), per score and aggregate, in the format `bench_ranking_table.py --stability` reads."""
     common = sorted(set(seed0["index"]) & set(seed1["index"]))
-    a = with_aggregates(seed0.set_index("index").loc[common].reset_index(), names)
-    b = with_aggregates(seed1.set_index("index").loc[common].reset_index(), names)
+    a = add_combinations(seed0.set_index("index").loc[common].reset_index(), names)
+    b = add_combinations(seed1.set_index("index").loc[common].reset_index(), names)
     keys = [k for k in [*score_keys(b), *names] if k in a.columns and k in b.columns]
     out = {}
     for key in keys:
@@ -187,7 +172,7 @@ def main(argv: list[str] | None = None) -> dict:
     c10, c100 = read_scores(args.scores, 10), read_scores(args.scores, 100)
     seconds = seconds_per_network(args.scores)
     names = COMBINATIONS
-    frames = {d: with_aggregates(dataset_frame(c10, c100, gt, d), names) for d in DATASETS}
+    frames = {d: add_combinations(dataset_frame(c10, c100, gt, d), names) for d in DATASETS}
     for d, frame in frames.items():  # the inputs of bench_ranking_table.py
         write_csv(args.scores / f"table_nb201_{d}.csv", frame)
     rows = [*score_keys(frames["c10"]), *names]
@@ -221,7 +206,9 @@ def main(argv: list[str] | None = None) -> dict:
     for b, q in on_all.items():
         lines.append([f"{b} (all 15,625)", cell(q["c10"]), cell(q["c100"]), q["c10"]["n"],
                       f"{PUBLISHED[b][0]:.3f} / {PUBLISHED[b][1]:.3f}" if b in PUBLISHED else "-", "", "0"])
-    columns = ["score", "tau CIFAR-10", "tau CIFAR-100 (100-class head on CIFAR-10 images)", "n",
+    head = ("100-class head for " + ", ".join(c for c in c100.columns if c not in ("index", "arch"))
+            if len(c100) else "10-class head") + ", CIFAR-10 images"
+    columns = ["score", "tau CIFAR-10", f"tau CIFAR-100 ({head})", "n",
                "published C-10 / C-100", "check", "CPU s/net"]
     notes = [f"fixed sample: score_nb201.py's prefix of n networks; bootstrap 95% over {args.resamples} resamples",
              "published: " + "; ".join(f"{k}: {v[2]}" for k, v in PUBLISHED.items())]

@@ -95,9 +95,13 @@ def main(argv: list[str] | None = None) -> None:
     batch, ref = ctx.evaluator.batch, ctx.evaluator.reference
     space = load_space("nb201", 32)
     gt = ground_truth().set_index("index")
-    todo = [i for i in sample_indices(args.size, args.sample_seed) if i not in done_indices(args.out)]
     keys = list(dict.fromkeys(k for n in args.proxies for k in PROXIES[n].outputs))
     columns = ["index", "arch", "head", *keys, *(f"sec_{n}" for n in args.proxies)]
+    done = done_indices(args.out)
+    if done and list(pd.read_csv(args.out, nrows=0).columns) != columns:
+        raise SystemExit(f"{args.out} holds other columns than --proxies {','.join(args.proxies)} writes: give "
+                         "the same proxies to resume it, or another --out")
+    todo = [i for i in sample_indices(args.size, args.sample_seed) if i not in done]
     args.out.parent.mkdir(parents=True, exist_ok=True)
     new_file = not args.out.is_file() or args.out.stat().st_size == 0
     with args.out.open("a", newline="") as f:

@@ -33,6 +33,7 @@ import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repository root, for benchmarks.*
 from autokd.cost import Cost  # noqa: E402
+from autokd.proxies import PROXIES  # noqa: E402
 from autokd.proxies.aggregate import DEFAULT_OBJECTIVE, aggregate_terms  # noqa: E402
 from autokd.report import leaderboard  # noqa: E402
 from autokd.search import SearchConfig, prepare  # noqa: E402
@@ -76,7 +77,7 @@ def replayed(table: dict[str, dict[str, float]]) -> Iterator[None]:
         if not self.budget.fits(self.cost(spec)):
             raise ValueError(f"refusing to score {spec}: over the budget {self.budget}")
         row = table[cell_string(spec)]
-        return {key: float(row[key]) for key in self.proxies}
+        return {key: float(row[key]) for proxy in self.proxies for key in PROXIES[proxy].outputs if key in row}
 
     CandidateEvaluator.cost, CandidateEvaluator.score = cost, score
     try:
@@ -168,11 +169,13 @@ def anchors(gt: pd.DataFrame, macs: np.ndarray, params: np.ndarray, n: int, budg
 
 
 def read_rows(path: Path) -> list[dict]:
+    """The searches already run (one JSON object a line)."""
     return [json.loads(line) for line in path.read_text().splitlines()] if path.is_file() else []
 
 
 def summary_line(name: str, n: int, budget_label: str, c10: list[float], c100: list[float], extra: str = "",
                  seconds: str = "-") -> list[str]:
+    """One table row: mean +- sd of the picks' accuracies over the runs."""
     sd = statistics.stdev if len(c10) > 1 else (lambda _: 0.0)
     return [name, str(n), budget_label, f"{np.mean(c10):.2f} +- {sd(c10):.2f}", f"{np.mean(c100):.2f} +- "
             f"{sd(c100):.2f}", str(len(c10)), seconds, extra]
@@ -197,7 +200,12 @@ def main(argv: list[str] | None = None) -> dict:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
 
     table, seconds = load_table(args.table or list(TABLES))
-    missing = [t for t in (aggregate_terms(args.objective) or (args.objective,)) if t not in seconds]
+    terms = aggregate_terms(args.objective) or (args.objective,)
+    owners = {key: name for name, proxy in PROXIES.items() for key in proxy.outputs}
+    missing = [t for t in terms if t not in next(iter(table.values()))]
+    if args.live > args.seeds or (args.live and "evolution" not in args.samplers.split(",")):
+        raise SystemExit("--live compares with the evolution replays of the same seeds: keep --live <= --seeds and "
+                         "evolution in --samplers")
     if len(table) < 15625 or missing:
         raise SystemExit(f"the table holds {len(table)} of 15,625 networks and lacks {missing or 'nothing'}: "
                          "finish score_nb201.py --size 15625 with the objective's proxies first")
@@ -206,11 +214,11 @@ def main(argv: list[str] | None = None) -> dict:
     space = load_space("nb201", 32)
     macs = np.array([space.estimate_macs(spec_from_cell(a), 10) for a in gt["arch"]])
     params = np.array([table[a]["params"] for a in gt["arch"]])
-    score_seconds = sum(seconds.get(t, 0.0) for t in (aggregate_terms(args.objective) or (args.objective,)))
+    score_seconds = sum(seconds.get(p, 0.0) for p in {owners.get(t, t) for t in terms})
 
     args.out.mkdir(parents=True, exist_ok=True)
     rows_path = args.out / "searches.jsonl"
-    rows = read_rows(rows_path)
+    rows = [r for r in read_rows(rows_path) if r["objective"] == args.objective]  # other objectives: not ours
     done = {(r["sampler"], r["trials"], r["budget_fraction"], r["seed"]) for r in rows}
     trials = [int(t) for t in args.trials.split(",")]
     fractions = [float(f) for f in args.budgets.split(",")]
@@ -232,7 +240,8 @@ def main(argv: list[str] | None = None) -> dict:
                                "c10": accuracy[cell]["c10_test"], "c100": accuracy[cell]["c100_test"],
                                "replay_cpu_s": cpu, "distinct_scored": distinct,
                                "live_cpu_s_estimate": cpu + distinct * score_seconds, "objective": args.objective}
-                        assert row["macs"] <= budget, f"a pick over its budget: {row}"
+                        if row["macs"] > budget:
+                            raise RuntimeError(f"a pick over its budget: {row}")
                         f.write(json.dumps(row) + "\n")
                         f.flush()
                         rows.append(row)

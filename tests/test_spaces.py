@@ -147,7 +147,8 @@ def test_smallest_and_seeds(spaces, key):
     for neighbour in (space.mutate(smallest, rng) for _ in range(50)):
         assert space.estimate_macs(neighbour) >= floor
     seeds = space.seeds()
-    assert seeds and len(set(seeds)) == len(seeds)
+    assert len(set(seeds)) == len(seeds)
+    assert seeds or key[0] == "nb201"  # NB201's known-good cells come from the benchmark's results: none seeded
     for seed in seeds:
         assert space.decode(space.encode(seed)) == seed
 

@@ -18,7 +18,7 @@ from autokd.proxies.reference import (
     random_copy,
     teacher_reference,
 )
-from autokd.proxies.scoring import PROXIES, score_candidate
+from autokd.proxies.scoring import PROXIES, proxy_of, score_candidate
 
 __all__ = [
     "PROXIES",
@@ -39,6 +39,7 @@ __all__ = [
     "random_projection",
     "relation_distance",
     "relation_gram",
+    "proxy_of",
     "score_candidate",
     "semantic_distance",
     "teacher_reference",

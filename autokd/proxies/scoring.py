@@ -26,6 +26,11 @@ PROXIES: dict[str, Proxy] = {
 }
 
 
+def proxy_of(key: str) -> str | None:
+    """The registered proxy whose outputs include score `key` (None for an unknown key)."""
+    return next((name for name, proxy in PROXIES.items() if key in proxy.outputs), None)
+
+
 def score_candidate(
     model: nn.Module,
     batch: ScoringBatch,

@@ -26,7 +26,7 @@ import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repository root, for benchmarks.*
 from autokd.io import write_csv, write_text  # noqa: E402
-from autokd.proxies import PROXIES  # noqa: E402
+from autokd.proxies import proxy_of  # noqa: E402
 from autokd.proxies.aggregate import aggregate_terms  # noqa: E402
 from benchmarks.common import RESULTS_DIR, machine, markdown_table, print_table, write_json  # noqa: E402
 from benchmarks.ranking.bench_proxy_quality import (  # noqa: E402
@@ -194,10 +194,8 @@ def main(argv: list[str] | None = None) -> dict:
     on_all = {b: {d: tau_row(full[b].to_numpy(float), gt[col].to_numpy(float), args.resamples, args.seed)
                   for d, col in DATASETS.items()} for b in ("params", "macs", "layers")}
 
-    owner = {k: n for n, p in PROXIES.items() for k in p.outputs}
-
     def cost(row: str) -> str:
-        terms = {owner.get(t, t) for t in (aggregate_terms(row) or (row,))}
+        terms = {proxy_of(t) or t for t in (aggregate_terms(row) or (row,))}
         return f"{sum(seconds[t] for t in terms):.2f}" if all(t in seconds for t in terms) else "-"
 
     def cell(q: dict) -> str:

@@ -118,15 +118,14 @@ def cpu_seconds(path: str | None, keys: list[str]) -> dict[str, float]:
     terms."""
     if not path or not Path(path).is_file():
         return {}
-    from autokd.proxies import PROXIES
+    from autokd.proxies import proxy_of
     from autokd.proxies.aggregate import aggregate_terms
 
     setting = next(iter(json.loads(Path(path).read_text())["settings"].values()))
     per_proxy = setting["cpu_seconds_per_candidate"]
-    owner = {k: n for n, p in PROXIES.items() for k in p.outputs}
     out = {}
     for key in keys:
-        proxies = {owner.get(t) for t in (aggregate_terms(key) or (key,))}
+        proxies = {proxy_of(t) for t in (aggregate_terms(key) or (key,))}
         if all(p in per_proxy for p in proxies):
             out[key] = sum(per_proxy[p] for p in proxies)
     return out

@@ -33,7 +33,7 @@ import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repository root, for benchmarks.*
 from autokd.cost import Cost  # noqa: E402
-from autokd.proxies import PROXIES  # noqa: E402
+from autokd.proxies import PROXIES, proxy_of  # noqa: E402
 from autokd.proxies.aggregate import DEFAULT_OBJECTIVE, aggregate_terms  # noqa: E402
 from autokd.report import leaderboard  # noqa: E402
 from autokd.search import SearchConfig, prepare  # noqa: E402
@@ -201,7 +201,6 @@ def main(argv: list[str] | None = None) -> dict:
 
     table, seconds = load_table(args.table or list(TABLES))
     terms = aggregate_terms(args.objective) or (args.objective,)
-    owners = {key: name for name, proxy in PROXIES.items() for key in proxy.outputs}
     missing = [t for t in terms if t not in next(iter(table.values()))]
     if args.live > args.seeds or (args.live and "evolution" not in args.samplers.split(",")):
         raise SystemExit("--live compares with the evolution replays of the same seeds: keep --live <= --seeds and "
@@ -214,7 +213,7 @@ def main(argv: list[str] | None = None) -> dict:
     space = load_space("nb201", 32)
     macs = np.array([space.estimate_macs(spec_from_cell(a), 10) for a in gt["arch"]])
     params = np.array([table[a]["params"] for a in gt["arch"]])
-    score_seconds = sum(seconds.get(p, 0.0) for p in {owners.get(t, t) for t in terms})
+    score_seconds = sum(seconds.get(p, 0.0) for p in {proxy_of(t) or t for t in terms})
 
     args.out.mkdir(parents=True, exist_ok=True)
     rows_path = args.out / "searches.jsonl"

@@ -5,7 +5,7 @@ import pytest
 from autokd.data import synthetic_dataset
 from autokd.errors import AutokdError
 from autokd.recipes import Recipe
-from autokd.search.refine import RefineConfig, refine
+from autokd.search.refine import RefineConfig, refine, replay_halving
 from autokd.spaces import ArchSpec
 
 SPECS = [ArchSpec.make("cifar_resnet", depths=[d, 1, 1], widths=[8, 8, w], shortcut="A")
@@ -92,6 +92,34 @@ def test_a_killed_refinement_resumes_to_the_same_result(setting, tmp_path, monke
     monkeypatch.setattr(module, kill_in, real)
     resumed = refine(board, teacher, data, recipe, tmp_path / "b", storage, "st", config, img_size=32)
     pd.testing.assert_frame_equal(resumed, whole)
+
+
+def test_replayed_halving_picks_as_refine_does_from_curves_trained_in_another_order(setting, tmp_path):
+    # the curves come from one run of every candidate, none pruned, in the reverse order: a network's training does
+    # not depend on its rank, so the halving replayed on them is the refinement itself
+    data, teacher, board = setting
+    recipe = Recipe.load("kd").replace(batch_size=16, lr=0.05, augmentation="none")
+    reverse = board.assign(spec_json=board["spec_json"][::-1].to_numpy(), arch=board["arch"][::-1].to_numpy())
+    full = refine(reverse, teacher, data, recipe, tmp_path / "full", f"sqlite:///{tmp_path / 'f.db'}", "full",
+                  RefineConfig(top=4, epochs=3, min_epochs=3, eta=2, images=None), img_size=32)
+    assert (full["status"] == "complete").all()
+    curves = {reverse["spec_json"][r - 1]: [row[f"epoch{e}_heldout_top1"] for e in (1, 2, 3)]
+              for r, row in full.set_index("proxy_rank").iterrows()}
+    config = RefineConfig(top=4, epochs=3, min_epochs=1, eta=2, images=None)
+    live = refine(board, teacher, data, recipe, tmp_path / "live", f"sqlite:///{tmp_path / 'l.db'}", "live", config,
+                  img_size=32)
+    replayed = replay_halving(board, curves, config)
+    pd.testing.assert_frame_equal(replayed, live)
+    assert (live["status"] == "pruned").any()
+
+
+def test_a_recipe_whose_warmup_outlasts_the_refine_is_scaled_to_it(setting, tmp_path):
+    data, teacher, board = setting
+    recipe = Recipe.load("kd_adamw").replace(batch_size=16, augmentation="none", mixup=0.0, cutmix=0.0)
+    assert recipe.warmup_epochs > 1
+    frame = refine(board, teacher, data, recipe, tmp_path, f"sqlite:///{tmp_path / 'w.db'}", "w",
+                   RefineConfig(top=2, epochs=1, images=None), img_size=32)
+    assert len(frame) == 2 and (frame["status"] == "complete").all()
 
 
 def test_refine_settings_are_checked():

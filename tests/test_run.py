@@ -101,3 +101,4 @@ def test_distinct_candidates_drop_repeated_specs(tmp_path):
 
 def test_default_recipe_suits_the_student():
     assert pipeline.default_recipe("cifar_resnet") == "dist" and pipeline.default_recipe("vit") == "kd_adamw"
+    assert pipeline.default_recipe("nb201") == "dist"  # a CNN: DIST with SGD, not the ViT's AdamW recipe

@@ -223,7 +223,7 @@ def with_overrides(recipe: Recipe, *, epochs: int | None = None, batch_size: int
 
 
 #: spaces whose students are CNNs (the others are ViTs)
-CNN_SPACES = ("cifar_resnet", "resnet", "mobilenet")
+CNN_SPACES = ("cifar_resnet", "resnet", "mobilenet", "nb201")
 
 
 def default_recipe(space: str) -> str:

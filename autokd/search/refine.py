@@ -4,7 +4,8 @@ Each candidate is a trial of the study `<search study>-refine`. Every surviving 
 of one KD schedule (all together, one teacher pass per batch) and reports its held-out top-1 as the trial's
 intermediate value at that epoch; Optuna's SuccessiveHalvingPruner stops all but the best 1/eta at each rung
 (epochs min_epochs x eta^k). The test split is never read. A killed refinement resumes: the same command finds
-the study's trials and each run's last.pt, and ends as an uninterrupted one would.
+the study's trials and each run's last.pt, and ends as an uninterrupted one would. A candidate's initial weights
+follow from its spec and the seed, not its rank, so a network refined in two searches trains the same way.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import torch
 from autokd.data import ImageDataset, subset_data
 from autokd.errors import AutokdError
 from autokd.recipes import Recipe
+from autokd.search.evaluate import spec_seed
 from autokd.spaces import ArchSpec
 from autokd.storage import open_storage
 from autokd.teachers import Teacher
@@ -73,12 +75,12 @@ def refine(board: pd.DataFrame, teacher: Teacher, data: ImageDataset, recipe: Re
     data = replace(data, test=None)  # a copy without the test split: every figure is a held-out one
     if config.images:
         data = subset_data(data, config.images, None, config.seed)
-    recipe = recipe.replace(epochs=config.epochs)
+    recipe = recipe.with_epochs(config.epochs)
     steps = train_steps_per_epoch(data, recipe)
     study = optuna.create_study(
         study_name=f"{study_name}-refine", storage=open_storage(storage_url), direction="maximize",
         load_if_exists=True,
-        pruner=optuna.pruners.SuccessiveHalvingPruner(min_resource=config.min_epochs, reduction_factor=config.eta))
+        pruner=halving_pruner(config))
     existing = {t.user_attrs.get("proxy_rank"): t for t in study.get_trials(deepcopy=False)}
     specs = {int(r["rank"]): ArchSpec.from_json(r["spec_json"]) for r in chosen.to_dict("records")}
     if existing and {r: t.user_attrs.get("spec") for r, t in existing.items()} != {
@@ -97,7 +99,7 @@ def refine(board: pd.DataFrame, teacher: Teacher, data: ImageDataset, recipe: Re
                     chosen.loc[chosen["rank"] == rank, "trial"].iloc[0]))):
                 trials[rank].set_user_attr(key, value)
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(config.seed + rank)
+            torch.manual_seed(spec_seed(spec, config.seed))
             students[rank] = build_from_spec(spec, data.num_classes, img_size)
         folders[rank] = out / "refine" / str(rank)
     values = {rank: dict(existing[rank].intermediate_values) if rank in existing else {} for rank in specs}
@@ -125,6 +127,29 @@ def refine(board: pd.DataFrame, teacher: Teacher, data: ImageDataset, recipe: Re
             log.info("refine epoch %d/%d: %d candidate(s) trained, %d go on", epoch, config.epochs, len(alive),
                      len(survivors))
         alive = survivors
+    return refine_frame(chosen, values, config.epochs)
+
+
+def halving_pruner(config: Halving) -> optuna.pruners.SuccessiveHalvingPruner:
+    """Optuna's successive-halving pruner with rungs at min_epochs x eta^k."""
+    return optuna.pruners.SuccessiveHalvingPruner(min_resource=config.min_epochs, reduction_factor=config.eta)
+
+
+def replay_halving(board: pd.DataFrame, curves: dict[str, list[float]], config: RefineConfig) -> pd.DataFrame:
+    """What `refine` returns when each candidate's held-out top-1 per epoch is already known (`curves`, by
+    spec_json, from a run of the same schedule): the same pruner, in the same order, in memory."""
+    config.check()
+    chosen = board.drop_duplicates("spec_json").head(config.top).reset_index(drop=True)
+    ranks = {int(r["rank"]): r["spec_json"] for r in chosen.to_dict("records")}
+    study = optuna.create_study(direction="maximize", pruner=halving_pruner(config))
+    trials = {rank: study.ask() for rank in ranks}
+    values: dict[int, dict[int, float]] = {rank: {} for rank in ranks}
+    alive = list(ranks)
+    for epoch in range(1, config.epochs + 1):
+        if not alive:
+            break
+        reached = {rank: curves[ranks[rank]][epoch - 1] for rank in alive}
+        alive = _next_rung(study, trials, values, alive, reached, epoch, config.epochs)
     return refine_frame(chosen, values, config.epochs)
 
 

@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 import optuna
 import pandas as pd
+import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repository root, for benchmarks.*
 from autokd.cost import Cost  # noqa: E402
@@ -136,18 +137,28 @@ def nni_rows(table: dict[str, dict[str, float]], objective: str, trials: list[in
 
 
 def live_check(objective: str, seeds: int, trials: int, folder: Path) -> list[dict]:
-    """The same searches run for real (`run_search`, scores measured) and replayed: do they pick the same?"""
+    """The same searches run for real (`run_search`, scores measured), one line each in `folder`/checks.jsonl;
+    a rerun skips the seeds done."""
     from autokd.search import run_search
 
-    out = []
+    path = folder / "checks.jsonl"
+    out = [c for c in read_rows(path) if c["trials"] == trials and c["objective"] == objective]
+    done = {c["seed"] for c in out}
     for seed in range(seeds):
-        config = search_config(objective, LARGEST_MACS, trials=trials, sampler_seed=seed,
-                               storage=f"sqlite:///{folder}/live-{seed}.db")
+        if seed in done:
+            continue
+        db = folder / f"live-{trials}-{seed}.db"
+        db.unlink(missing_ok=True)  # a half-run study would resume with other trials
+        config = search_config(objective, LARGEST_MACS, trials=trials, sampler_seed=seed, storage=f"sqlite:///{db}")
         start = time.process_time()
         live = run_search(config, progress=False)
         seconds = time.process_time() - start
         pick = cell_string(ArchSpec.from_json(live.leaderboard["spec_json"].iloc[0]))
-        out.append({"seed": seed, "trials": trials, "live_pick": pick, "live_cpu_s": seconds})
+        out.append({"seed": seed, "trials": trials, "objective": objective, "live_pick": pick,
+                    "live_cpu_s": seconds, "threads": torch.get_num_threads()})
+        with path.open("a") as f:
+            f.write(json.dumps(out[-1]) + "\n")
+        db.unlink()
     return out
 
 
@@ -192,7 +203,8 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--budget-samplers", default="evolution", help="samplers also run under the smaller budgets")
     p.add_argument("--nni", action="store_true",
                    help="also run NNI 3.0's Random and RegularizedEvolution on the same objective (no budget)")
-    p.add_argument("--live", type=int, default=0, help="also run this many seeds live (N = the first --trials)")
+    p.add_argument("--live", type=int, default=0, help="also run this many seeds live")
+    p.add_argument("--live-trials", type=int, help="N of the live searches (default: the first --trials)")
     p.add_argument("--out", type=Path, default=OUT)
     args = p.parse_args(argv)
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
@@ -253,9 +265,10 @@ def main(argv: list[str] | None = None) -> dict:
     checks = []
     if args.live:
         (args.out / "live").mkdir(exist_ok=True)
-        for check in live_check(args.objective, args.live, trials[0], args.out / "live"):
+        live_n = args.live_trials or trials[0]
+        for check in live_check(args.objective, args.live, live_n, args.out / "live"):
             replayed_pick = next(r["pick"] for r in rows if r["sampler"] == "evolution" and r["seed"] == check["seed"]
-                                 and r["trials"] == trials[0] and r["budget_fraction"] == 1)
+                                 and r["trials"] == live_n and r["budget_fraction"] == 1)
             checks.append({**check, "replay_pick": replayed_pick, "same": check["live_pick"] == replayed_pick})
             print(f"live check seed {check['seed']}: live {check['live_pick']} ({check['live_cpu_s']:.0f} CPU s), "
                   f"replay {replayed_pick}: {'same' if checks[-1]['same'] else 'DIFFERENT'}", flush=True)

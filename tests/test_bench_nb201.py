@@ -91,3 +91,23 @@ def test_replayed_search_stays_in_budget_resumes_and_beats_chance(gt, tmp_path, 
     again = bench_nb201_search.main(argv)  # resumes: nothing run twice
     assert (tmp_path / "out" / "searches.jsonl").read_text().splitlines() == lines
     assert [json.dumps(r) for r in again["rows"]] == [json.dumps(r) for r in rows]
+
+
+def test_refine_rows_pick_from_the_top_k_match_a_live_refine_and_resume(gt, tmp_path, shared_data,
+                                                                         shared_teachers):
+    from benchmarks.search import bench_nb201_refine
+
+    argv = ["--settings", "2x1", "--trials", "30", "--seeds", "2", "--images", "100", "--live", "1",
+            "--out", str(tmp_path / "out"), "--work", str(tmp_path / "work")]
+    result = bench_nb201_refine.main(argv)
+    rows = result["rows"]
+    assert [r["seed"] for r in rows] == [0, 1] and all(r["proxy_rank_of_pick"] in (1, 2) for r in rows)
+    assert all(r["candidate_epochs"] == 2 and r["refine_cpu_s_estimate"] > 0 for r in rows)
+    accuracy = gt.set_index("arch")
+    assert all(r["c10"] == accuracy.loc[r["pick"], "c10_test"] for r in rows)
+    check = result["live_checks"][0]
+    assert check["same"] and check["live_pick"] == rows[0]["pick"]
+    curves = (tmp_path / "out" / "refine_curves.jsonl").read_text()
+    again = bench_nb201_refine.main(argv)  # resumes: nothing trained or run twice
+    assert (tmp_path / "out" / "refine_curves.jsonl").read_text() == curves
+    assert again["rows"] == rows and again["live_checks"] == result["live_checks"]

@@ -93,8 +93,8 @@ def search_config(objective: str, budget: int, **changes) -> SearchConfig:
                         budget=str(budget), spaces=("nb201",), objective=objective, seed=0, **changes)
 
 
-def replay(ctx: SearchContext, sampler: str, seed: int, trials: int) -> tuple[ArchSpec, float, int]:
-    """One search on the prepared context, in memory: its top pick, seconds, and distinct networks scored."""
+def replay_board(ctx: SearchContext, sampler: str, seed: int, trials: int) -> tuple[pd.DataFrame, float]:
+    """One search on the prepared context, in memory: its leaderboard (best first) and CPU seconds."""
     config = dataclasses.replace(ctx.config, sampler=sampler, sampler_seed=seed, trials=trials, storage=MEMORY,
                                  study_name=f"replay-{sampler}-{seed}-{trials}")
     run = dataclasses.replace(ctx, config=config)
@@ -103,7 +103,12 @@ def replay(ctx: SearchContext, sampler: str, seed: int, trials: int) -> tuple[Ar
     enqueue_seeds(study, run)
     optimize(study, run)
     board = leaderboard(study, config.objective)
-    seconds = time.process_time() - start
+    return board, time.process_time() - start
+
+
+def replay(ctx: SearchContext, sampler: str, seed: int, trials: int) -> tuple[ArchSpec, float, int]:
+    """One search on the prepared context, in memory: its top pick, seconds, and distinct networks scored."""
+    board, seconds = replay_board(ctx, sampler, seed, trials)
     return ArchSpec.from_json(board["spec_json"].iloc[0]), seconds, int(board["spec_json"].nunique())
 
 
@@ -160,6 +165,21 @@ def live_check(objective: str, seeds: int, trials: int, folder: Path) -> list[di
             f.write(json.dumps(out[-1]) + "\n")
         db.unlink()
     return out
+
+
+def refine_lines(path: Path, n: int) -> list[list[str]]:
+    """The default search's top K refined by short KD (`bench_nb201_refine.py`), one row per setting."""
+    frame = pd.DataFrame(read_rows(path))
+    if frame.empty or not (frame.trials == n).any():
+        return []
+    lines = []
+    for (top, epochs, images), part in frame[frame.trials == n].groupby(["top", "epochs", "images"], sort=False):
+        cost = part.search_cpu_s_estimate + part.refine_cpu_s_estimate
+        lines.append(summary_line(f"autokd evolution + --refine {top} --refine-epochs {epochs}", n, "none",
+                                  part.c10.tolist(), part.c100.tolist(),
+                                  f"CPU est. {cost.mean():.0f} s ({part.candidate_epochs.mean():.0f} "
+                                  f"candidate-epochs of {images} images)"))
+    return lines
 
 
 def anchors(gt: pd.DataFrame, macs: np.ndarray, params: np.ndarray, n: int, budget: int, draws: int = 200,
@@ -286,6 +306,8 @@ def main(argv: list[str] | None = None) -> dict:
                 lines.append(summary_line(name, n, label, group.c10.tolist(), group.c100.tolist(),
                                           f"live est. {group.live_cpu_s_estimate.mean():.0f} s",
                                           f"{group.replay_cpu_s.mean():.1f}"))
+            if fraction == 1:
+                lines += refine_lines(args.out / "refine.jsonl", n)
             draws = anchors(gt, macs, params, n, budget)
             lines.append(summary_line("largest #params of N random", n, label, *map(list, draws["params"])))
             lines.append(summary_line("best of N random (oracle)", n, label, *map(list, draws["oracle"])))

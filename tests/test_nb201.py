@@ -67,6 +67,22 @@ def test_closed_form_macs_match_fvcore_on_every_op_mix(space):
         assert space.estimate_macs(spec, 10) == count_macs(space.build(spec, 10), 32)
 
 
+def test_the_search_costs_nb201_candidates_by_the_closed_form_without_tracing(space, monkeypatch):
+    from autokd import cost as cost_module
+    from autokd.cost import Budget, measure_cost
+    from autokd.proxies import ScoringBatch, TeacherReference
+    from autokd.search.evaluate import CandidateEvaluator
+
+    labels = torch.arange(4) % 10
+    evaluator = CandidateEvaluator({"nb201": space}, Budget(macs=10**9), 10,
+                                   [ScoringBatch(torch.randn(4, 3, 32, 32), labels)],
+                                   [TeacherReference.without_teacher(labels)], ["params"])
+    specs = [spec_from_cell(cell_string(space.sample(random.Random(i))["edges"])) for i in range(3)]
+    traced = [measure_cost(evaluator.build(s), 32) for s in specs]
+    monkeypatch.setattr(cost_module, "count_macs", lambda *a, **k: pytest.fail("traced an nb201 candidate"))
+    assert [evaluator.cost(s) for s in specs] == traced
+
+
 def test_ground_truth_cells_parse(shared_ground_truth):
     gt = pd.read_csv(shared_ground_truth / "nb201_200ep.csv")
     assert len(gt) == 15625 and gt["arch"].map(parse_cell).nunique() == 15625

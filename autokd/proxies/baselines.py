@@ -5,8 +5,6 @@ All ignore the teacher. Higher = better for each, as the literature ranks with t
 
 from __future__ import annotations
 
-import copy
-
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -29,34 +27,38 @@ def _naswot(probe: Probe) -> dict[str, float]:
 def _synflow(probe: Probe) -> dict[str, float]:
     """SynFlow (Tanaka et al. 2020): sum |theta * dR/dtheta|, R = sum of the output of |theta| on all-ones.
 
-    Runs on a float64 copy (the model is untouched) with every parameter replaced by its absolute value, on
-    one all-ones image of the scoring batch's size. BatchNorm is made the identity (weight 1, bias 0, running
-    mean 0, variance 1, eval) and left out of the sum, as in the authors' BN-free networks; this also undoes
-    timm's zero-initialised last BN of residual blocks, which would cut every residual branch.
+    Runs in float64 with every parameter replaced by its absolute value (`functional_call` on copies of the
+    tensors; the model is untouched), on one all-ones image of the scoring batch's size. BatchNorm is made the
+    identity (weight 1, bias 0, running mean 0, variance 1, eval) and left out of the sum, as in the authors'
+    BN-free networks; this also undoes timm's zero-initialised last BN of residual blocks, which would cut every
+    residual branch.
     """
-    model = copy.deepcopy(probe.model).double()
-    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    skip = set()
-    with torch.no_grad():
-        for norm in norms:
-            norm.reset_running_stats()
+    model = probe.model
+    identity: dict[str, torch.Tensor] = {}
+    for prefix, norm in model.named_modules():
+        if isinstance(norm, nn.modules.batchnorm._BatchNorm):
+            dot = f"{prefix}." if prefix else ""
+            if norm.track_running_stats:
+                identity[f"{dot}running_mean"] = torch.zeros_like(norm.running_mean, dtype=torch.float64)
+                identity[f"{dot}running_var"] = torch.ones_like(norm.running_var, dtype=torch.float64)
             if norm.affine:
-                norm.weight.fill_(1.0)
-                norm.bias.zero_()
-                skip |= {norm.weight, norm.bias}
-        params = [p for p in model.parameters() if p not in skip]
-        for p in params:
-            p.abs_().requires_grad_(True)
+                identity[f"{dot}weight"] = torch.ones_like(norm.weight, dtype=torch.float64)
+                identity[f"{dot}bias"] = torch.zeros_like(norm.bias, dtype=torch.float64)
+    params = {name: p.detach().double().abs().requires_grad_(True) for name, p in model.named_parameters()
+              if name not in identity}
+    buffers = {name: b.double() if b.is_floating_point() else b for name, b in model.named_buffers()
+               if name not in identity}
     images = probe.batch.images
-    ones = torch.ones(1, *images.shape[1:], dtype=torch.float64, device=params[0].device)
+    ones = torch.ones(1, *images.shape[1:], dtype=torch.float64, device=next(model.parameters()).device)
     with (
         scoring_mode(model, batch_stats=False, seed=probe.ref.seed),
         torch.inference_mode(False),
         torch.enable_grad(),
     ):
-        grads = torch.autograd.grad(model(ones).sum(), params, allow_unused=True)
+        out = torch.func.functional_call(model, {**params, **buffers, **identity}, (ones,))
+        grads = torch.autograd.grad(out.sum(), list(params.values()), allow_unused=True)
     with torch.no_grad():
-        score = sum(float((p * g).abs().sum()) for p, g in zip(params, grads) if g is not None)
+        score = sum(float((p * g).abs().sum()) for p, g in zip(params.values(), grads) if g is not None)
     return {"synflow": score}
 
 

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn as nn
 
-from autokd.cost import Budget, Cost, measure_cost
+from autokd.cost import Budget, Cost, count_params, measure_cost
 from autokd.proxies import ScoringBatch, TeacherReference, score_candidate
 from autokd.spaces import ArchSpec, SearchSpace
 
@@ -93,9 +93,13 @@ class CandidateEvaluator:
         return model
 
     def cost(self, spec: ArchSpec) -> Cost:
-        """Exact MACs (fvcore) and params."""
+        """Exact MACs (fvcore, or the space's closed form where it is exact) and params."""
         if spec not in self._costs:
-            self._costs[spec] = measure_cost(self.build(spec), self.spaces[spec.space].img_size)
+            space = self.spaces[spec.space]
+            if space.exact_macs:
+                self._costs[spec] = Cost(macs=self.estimate(spec), params=count_params(self.build(spec)))
+            else:
+                self._costs[spec] = measure_cost(self.build(spec), space.img_size)
         return self._costs[spec]
 
     def fits(self, spec: ArchSpec) -> bool:

@@ -98,10 +98,11 @@ def test_refine_rows_pick_from_the_top_k_match_a_live_refine_and_resume(gt, tmp_
     from benchmarks.search import bench_nb201_refine
 
     argv = ["--settings", "2x1", "--trials", "30", "--seeds", "2", "--images", "100", "--live", "1",
-            "--out", str(tmp_path / "out"), "--work", str(tmp_path / "work")]
+            "--refine-seeds", "0,1", "--out", str(tmp_path / "out"), "--work", str(tmp_path / "work")]
     result = bench_nb201_refine.main(argv)
     rows = result["rows"]
-    assert [r["seed"] for r in rows] == [0, 1] and all(r["proxy_rank_of_pick"] in (1, 2) for r in rows)
+    assert [(r["refine_seed"], r["seed"]) for r in rows] == [(0, 0), (0, 1), (1, 0), (1, 1)]
+    assert all(r["proxy_rank_of_pick"] in (1, 2) for r in rows)
     assert all(r["candidate_epochs"] == 2 and r["refine_cpu_s_estimate"] > 0 for r in rows)
     accuracy = gt.set_index("arch")
     assert all(r["c10"] == accuracy.loc[r["pick"], "c10_test"] for r in rows)

@@ -8,13 +8,15 @@ pruned (a candidate's training follows from its spec and the seed, not its rank)
 halving is replayed on those curves with Optuna's pruner (`replay_halving`); `--live` runs the first seeds' whole
 refinement for real and checks the pick. Curves and rows are written as they come; a rerun skips what is done.
 
-    python benchmarks/search/bench_nb201_refine.py --settings 3x1,9x3 --seeds 10 --live 1
+    python benchmarks/search/bench_nb201_refine.py --settings 3x1,9x3 --seeds 10 --refine-seeds 0 --live 1
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import hashlib
+import itertools
 import json
 import logging
 import sys
@@ -89,11 +91,13 @@ def train_curves(specs: list[str], partner: str, config: RefineConfig, ctx, tabl
                 spec = trained[row["proxy_rank"] - 1]
                 if spec not in chunk:
                     continue
-                line = {"setting": setting, "spec_json": spec, "arch": cell_of(spec), "cpu_s": seconds,
+                line = {"setting": setting, "refine_seed": config.seed, "spec_json": spec, "arch": cell_of(spec),
+                        "cpu_s": seconds,
                         "threads": torch.get_num_threads(),
                         **{f"epoch{e}": row[f"epoch{e}_heldout_top1"] for e in range(1, config.epochs + 1)}}
                 f.write(json.dumps(line) + "\n")
-        print(f"{setting}: trained {len(trained)} networks, {seconds:.0f} CPU s each", flush=True)
+        print(f"{setting} refine seed {config.seed}: trained {len(trained)} networks, {seconds:.0f} CPU s each",
+              flush=True)
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -103,6 +107,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--seeds", type=int, default=10)
     p.add_argument("--images", type=int, default=2000, help="train images each refine run uses")
     p.add_argument("--eta", type=int, default=3)
+    p.add_argument("--refine-seeds", default="0", help="refine seeds (train subset, order and inits), comma-separated")
     p.add_argument("--group", type=int, default=5, help="networks trained together while building the curves")
     p.add_argument("--live", type=int, default=0, help="run this many seeds' refinement (first setting) for real")
     p.add_argument("--work", type=Path, help="run folders (default: a temporary folder)")
@@ -127,31 +132,36 @@ def main(argv: list[str] | None = None) -> dict:
         boards = {seed: replay_board(ctx, "evolution", seed, args.trials) for seed in range(args.seeds)}
 
     settings = {s: parse_setting(s, args.images, args.eta) for s in args.settings.split(",")}
-    rows = [r for r in read_rows(rows_path) if r["trials"] == args.trials and r["images"] == args.images]
-    done = {(r["setting"], r["seed"]) for r in rows}
-    for setting, config in settings.items():
+    refine_seeds = [int(x) for x in args.refine_seeds.split(",")]
+    rows = [{"refine_seed": 0, **r} for r in read_rows(rows_path)
+            if r["trials"] == args.trials and r["images"] == args.images]
+    done = {(r["setting"], r["seed"], r["refine_seed"]) for r in rows}
+    for (setting, base), refine_seed in itertools.product(settings.items(), refine_seeds):
+        config = dataclasses.replace(base, seed=refine_seed)
         needed = list(dict.fromkeys(s for board, _ in boards.values()
                                     for s in board["spec_json"].drop_duplicates().head(config.top)))
-        have = {c["spec_json"] for c in read_rows(curves_path) if c["setting"] == setting}
-        missing = [s for s in needed if s not in have]
+        lines = [c for c in read_rows(curves_path)
+                 if c["setting"] == setting and c.get("refine_seed", 0) == refine_seed]
+        missing = [s for s in needed if s not in {c["spec_json"] for c in lines}]
         if missing:
             partner = next(s for s in needed if s not in missing[:1])
-            train_curves(missing, partner, config, ctx, table, recipe, work / setting, curves_path, setting,
-                         args.group)
-        lines = [c for c in read_rows(curves_path) if c["setting"] == setting]
+            train_curves(missing, partner, config, ctx, table, recipe, work / f"{setting}-{refine_seed}",
+                         curves_path, setting, args.group)
+            lines = [c for c in read_rows(curves_path)
+                     if c["setting"] == setting and c.get("refine_seed", 0) == refine_seed]
         curves = {c["spec_json"]: [c[f"epoch{e}"] for e in range(1, config.epochs + 1)] for c in lines}
         per_epoch = float(np.mean([c["cpu_s"] for c in lines])) / config.epochs
         with rows_path.open("a") as f:
             for seed, (board, search_cpu) in boards.items():
-                if (setting, seed) in done:
+                if (setting, seed, refine_seed) in done:
                     continue
                 frame = replay_halving(board, curves, config)
                 pick, free = cell_of(board["spec_json"].iloc[int(frame["proxy_rank"][0]) - 1]), cell_of(
                     board["spec_json"].iloc[0])
                 trained = int(frame["epochs_reached"].sum())
                 row = {"setting": setting, "top": config.top, "epochs": config.epochs, "eta": config.eta,
-                       "images": args.images, "trials": args.trials, "seed": seed, "pick": pick,
-                       "refine_rank_of_pick": 1, "proxy_rank_of_pick": int(frame["proxy_rank"][0]),
+                       "images": args.images, "trials": args.trials, "seed": seed, "refine_seed": refine_seed,
+                       "pick": pick, "proxy_rank_of_pick": int(frame["proxy_rank"][0]),
                        "c10": accuracy[pick]["c10_test"], "c100": accuracy[pick]["c100_test"],
                        "free_pick": free, "free_c10": accuracy[free]["c10_test"],
                        "free_c100": accuracy[free]["c100_test"], "candidate_epochs": trained,
@@ -160,26 +170,33 @@ def main(argv: list[str] | None = None) -> dict:
                        "recipe": recipe_name}
                 f.write(json.dumps(row) + "\n")
                 rows.append(row)
-                print(f"{setting} seed {seed}: {pick} {row['c10']:.2f} / {row['c100']:.2f} (training-free pick "
-                      f"{row['free_c10']:.2f} / {row['free_c100']:.2f})", flush=True)
+                print(f"{setting} refine seed {refine_seed} seed {seed}: {pick} {row['c10']:.2f} / "
+                      f"{row['c100']:.2f} (training-free pick {row['free_c10']:.2f} / {row['free_c100']:.2f})",
+                      flush=True)
 
     checks = live_checks(args, settings, boards, ctx, recipe, rows, work)
+    live_search = [c["live_cpu_s"] for c in read_rows(args.out / "live" / "checks.jsonl")
+                   if c["trials"] == args.trials and c["objective"] == DEFAULT_OBJECTIVE]
     columns = ["search", "N scored", "CIFAR-10 top-1", "CIFAR-100 top-1", "runs", "CPU s per search", "note"]
     lines = []
     frame = pd.DataFrame(rows)
-    first = frame[frame.setting == next(iter(settings))]
-    lines.append(_row("autokd evolution, training-free pick", args.trials, first.free_c10, first.free_c100,
-                      first.search_cpu_s_estimate, ""))
+    free = frame.drop_duplicates("seed")
+    search_cpu = (pd.Series(np.mean(live_search), index=free.index) if live_search else free.search_cpu_s_estimate)
+    lines.append(_row("autokd evolution, training-free pick", args.trials, free.free_c10, free.free_c100,
+                      search_cpu, f"{len(live_search)} live search(es) timed" if live_search else "estimate"))
     for setting, config in settings.items():
         part = frame[frame.setting == setting]
+        by_seed = part.groupby("refine_seed").c10.mean()
         lines.append(_row(f"+ --refine {config.top} --refine-epochs {config.epochs}", args.trials, part.c10,
-                          part.c100, part.search_cpu_s_estimate + part.refine_cpu_s_estimate,
-                          f"{part.candidate_epochs.mean():.0f} candidate-epochs of {args.images} images"))
+                          part.c100, search_cpu.mean() + part.refine_cpu_s_estimate,
+                          f"{part.candidate_epochs.mean():.0f} candidate-epochs of {args.images} images; CIFAR-10 "
+                          "by refine seed " + " / ".join(f"{v:.2f}" for v in by_seed)))
     print_table(f"NAS-Bench-201: the default search ({DEFAULT_OBJECTIVE}) and its top K refined by {recipe_name} KD",
-                columns, lines, ["CPU s = the search's live estimate + candidate-epochs x measured CPU s per "
-                                 "candidate-epoch", *(f"live refine seed {c['seed']}: {c['live_pick']} "
-                                                      f"({'same' if c['same'] else 'DIFFERENT'}), "
-                                                      f"{c['live_cpu_s']:.0f} CPU s" for c in checks)])
+                columns, lines, ["runs = search seeds x refine seeds; CPU s = the search's (timed live where shown) "
+                                 "+ candidate-epochs x measured CPU s per candidate-epoch",
+                                 *(f"live refine seed {c['seed']}: {c['live_pick']} "
+                                   f"({'same' if c['same'] else 'DIFFERENT'}), {c['live_cpu_s']:.0f} CPU s"
+                                   for c in checks)])
     (args.out / "refine.md").write_text(markdown_table(columns, lines) + "\n")
     result = {"objective": DEFAULT_OBJECTIVE, "recipe": recipe_name, "rows": rows, "live_checks": checks,
               "table": lines, "machine": machine()}
@@ -208,7 +225,8 @@ def live_checks(args: argparse.Namespace, settings: dict[str, RefineConfig], boa
         frame = refine(board, ctx.teacher, ctx.data, recipe, work / name, f"sqlite:///{work / name}.db", name,
                        config, img_size=32)
         live_pick = cell_of(board["spec_json"].iloc[int(frame["proxy_rank"][0]) - 1])
-        replay_pick = next(r["pick"] for r in rows if r["setting"] == setting and r["seed"] == seed)
+        replay_pick = next(r["pick"] for r in rows if r["setting"] == setting and r["seed"] == seed
+                           and r["refine_seed"] == config.seed)
         checks.append({"setting": setting, "trials": args.trials, "seed": seed, "live_pick": live_pick,
                        "replay_pick": replay_pick, "same": live_pick == replay_pick,
                        "live_cpu_s": time.process_time() - start, "threads": torch.get_num_threads()})

@@ -63,6 +63,8 @@ def test_recommend_answers_from_the_starter_kb_out_of_the_box(capsys, tmp_path, 
     code, out, err = run(capsys, [*argv, "--kb", str(tmp_path / "none.csv"), "--no-starter-kb"])
     assert code == 2 and len(err) == 1 and err[0].startswith("autokd: error: no knowledge base at")
     assert "falling back" not in err[0] and "--no-starter-kb" in err[0]
+    code, out, err = run(capsys, [*argv, "--kb", str(tmp_path / "typo.csv")])  # not read as the starter KB alone
+    assert code == 2 and len(err) == 1 and err[0].startswith("autokd: error: no knowledge base at")
 
 
 def test_train_recipe_auto_uses_the_kb_and_appends_its_run(capsys, tmp_path, folder, student_yaml, weights,

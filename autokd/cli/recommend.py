@@ -45,6 +45,10 @@ def cmd_recommend(args: argparse.Namespace) -> int:
 
     if args.tune and not args.out:
         raise AutokdError("--tune keeps its study and runs in a folder: give --out DIR (the same DIR resumes)")
+    if args.kb and not args.tune and not args.no_starter_kb and not kb_path(args.kb).is_file():
+        # read with the starter KB, a mistyped path would go unnoticed
+        raise AutokdError(f"no knowledge base at {args.kb!r}: check the path, or leave --kb out to use your default "
+                          "KB with the starter KB (--tune creates the file)")
     out = check_writable_dir(args.out) if args.tune else None
     data = load_data(args.data, img_size=args.img_size or 32, seed=args.seed)
     teacher = resolve_teacher(args.teacher, data.num_classes, weights=args.teacher_weights, img_size=args.img_size)

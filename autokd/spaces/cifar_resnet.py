@@ -17,6 +17,7 @@ import torch.nn.functional as F
 
 from autokd.errors import AutokdError
 from autokd.spaces.choice import ChoiceSpace, ListGene
+from autokd.spaces.head import PooledLinearHead
 from autokd.spaces.resnet import conv_out
 from autokd.spaces.spec import ArchSpec
 
@@ -59,8 +60,10 @@ class BasicBlock(nn.Module):
         return self.act2(out + self.shortcut(x))
 
 
-class CifarResNet(nn.Module):
+class CifarResNet(PooledLinearHead, nn.Module):
     """ResNet-(6n+2) for 32 px images, with timm's forward_features / forward_head / get_classifier."""
+
+    head_attr = "linear"  # the checkpoints' name
 
     def __init__(
         self,
@@ -95,21 +98,6 @@ class CifarResNet(nn.Module):
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         x = self.act1(self.bn1(self.conv1(x)))
         return self.layer3(self.layer2(self.layer1(x)))
-
-    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        x = F.adaptive_avg_pool2d(x, 1).flatten(1)
-        return x if pre_logits else self.linear(x)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_head(self.forward_features(x))
-
-    def get_classifier(self) -> nn.Module:
-        return self.linear
-
-    def reset_classifier(self, num_classes: int) -> None:
-        """A fresh `num_classes` classifier, as timm's models offer."""
-        self.num_classes = num_classes
-        self.linear = nn.Linear(self.num_features, num_classes)
 
 
 class CifarResNetSpace(ChoiceSpace):

@@ -17,10 +17,10 @@ from typing import Any
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from autokd.errors import AutokdError
 from autokd.spaces.choice import ChoiceSpace, ListGene
+from autokd.spaces.head import PooledLinearHead
 from autokd.spaces.spec import ArchSpec, register_label
 
 OPS = ("none", "skip_connect", "nor_conv_1x1", "nor_conv_3x3", "avg_pool_3x3")
@@ -112,7 +112,7 @@ class ResidualBlock(nn.Module):
         return self.downsample(x) + self.conv_b(self.conv_a(x))
 
 
-class NB201Network(nn.Module):
+class NB201Network(PooledLinearHead, nn.Module):
     """A NAS-Bench-201 network, with timm's forward_features / forward_head / get_classifier."""
 
     def __init__(self, ops: tuple[str, ...], channels: int = 16, cells: int = 5, num_classes: int = 10):
@@ -133,21 +133,6 @@ class NB201Network(nn.Module):
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         return self.lastact(self.cells(self.stem(x)))
-
-    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        x = F.adaptive_avg_pool2d(x, 1).flatten(1)
-        return x if pre_logits else self.classifier(x)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_head(self.forward_features(x))
-
-    def get_classifier(self) -> nn.Module:
-        return self.classifier
-
-    def reset_classifier(self, num_classes: int) -> None:
-        """A fresh `num_classes` classifier, as timm's models offer."""
-        self.num_classes = num_classes
-        self.classifier = nn.Linear(self.num_features, num_classes)
 
 
 class NB201Space(ChoiceSpace):

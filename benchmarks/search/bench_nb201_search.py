@@ -167,18 +167,20 @@ def live_check(objective: str, seeds: int, trials: int, folder: Path) -> list[di
     return out
 
 
-def refine_lines(path: Path, n: int) -> list[list[str]]:
-    """The default search's top K refined by short KD (`bench_nb201_refine.py`), one row per setting."""
-    frame = pd.DataFrame(read_rows(path))
+def refine_lines(path: Path, n: int, search_cpu: float | None) -> list[list[str]]:
+    """The default search's top K refined by short KD (`bench_nb201_refine.py`), one row per setting; CPU is the
+    timed live search's (`search_cpu`, else the estimate) plus the refinement's."""
+    frame = pd.DataFrame([{"refine_seed": 0, **r} for r in read_rows(path)])
     if frame.empty or not (frame.trials == n).any():
         return []
     lines = []
     for (top, epochs, images), part in frame[frame.trials == n].groupby(["top", "epochs", "images"], sort=False):
-        cost = part.search_cpu_s_estimate + part.refine_cpu_s_estimate
+        search = part.search_cpu_s_estimate if search_cpu is None else search_cpu
+        cost = (search + part.refine_cpu_s_estimate).mean()
         lines.append(summary_line(f"autokd evolution + --refine {top} --refine-epochs {epochs}", n, "none",
                                   part.c10.tolist(), part.c100.tolist(),
-                                  f"CPU est. {cost.mean():.0f} s ({part.candidate_epochs.mean():.0f} "
-                                  f"candidate-epochs of {images} images)"))
+                                  f"CPU {cost:.0f} s with the search ({part.candidate_epochs.mean():.0f} "
+                                  f"candidate-epochs of {images} images, {part.refine_seed.nunique()} refine seeds)"))
     return lines
 
 
@@ -282,16 +284,20 @@ def main(argv: list[str] | None = None) -> dict:
     if args.nni:
         rows += nni_rows(table, args.objective, trials, args.seeds, accuracy, rows_path, done, score_seconds)
 
-    checks = []
     if args.live:
         (args.out / "live").mkdir(exist_ok=True)
-        live_n = args.live_trials or trials[0]
-        for check in live_check(args.objective, args.live, live_n, args.out / "live"):
-            replayed_pick = next(r["pick"] for r in rows if r["sampler"] == "evolution" and r["seed"] == check["seed"]
-                                 and r["trials"] == live_n and r["budget_fraction"] == 1)
-            checks.append({**check, "replay_pick": replayed_pick, "same": check["live_pick"] == replayed_pick})
-            print(f"live check seed {check['seed']}: live {check['live_pick']} ({check['live_cpu_s']:.0f} CPU s), "
-                  f"replay {replayed_pick}: {'same' if checks[-1]['same'] else 'DIFFERENT'}", flush=True)
+        live_check(args.objective, args.live, args.live_trials or trials[0], args.out / "live")
+    checks = []
+    for check in read_rows(args.out / "live" / "checks.jsonl"):
+        if check["objective"] != args.objective:
+            continue
+        replayed_pick = next(r["pick"] for r in rows if r["sampler"] == "evolution" and r["seed"] == check["seed"]
+                             and r["trials"] == check["trials"] and r["budget_fraction"] == 1)
+        checks.append({**check, "replay_pick": replayed_pick, "same": check["live_pick"] == replayed_pick})
+        print(f"live check N={check['trials']} seed {check['seed']}: live {check['live_pick']} "
+              f"({check['live_cpu_s']:.0f} CPU s), replay {replayed_pick}: "
+              f"{'same' if checks[-1]['same'] else 'DIFFERENT'}", flush=True)
+    timed = pd.DataFrame(checks, columns=["trials", "live_cpu_s", "same"])
 
     frame = pd.DataFrame(rows)
     lines = []
@@ -300,14 +306,19 @@ def main(argv: list[str] | None = None) -> dict:
         label = "none" if fraction == 1 else f"{fraction:.0%} ({budget / 1e6:.0f} M)"
         for n in trials:
             part = frame[(frame.budget_fraction == fraction) & (frame.trials == n)]
+            live = timed[timed.trials == n]
             for sampler, group in part.groupby("sampler", sort=False):
                 name = (f"NNI 3.0 {sampler[4:]} (same objective)" if sampler.startswith("nni ") else
                         f"autokd {sampler}" + (" (default)" if sampler == "evolution" else ""))
-                lines.append(summary_line(name, n, label, group.c10.tolist(), group.c100.tolist(),
-                                          f"live est. {group.live_cpu_s_estimate.mean():.0f} s",
+                note = f"live est. {group.live_cpu_s_estimate.mean():.0f} s"
+                if sampler == "evolution" and fraction == 1 and len(live):
+                    note = (f"live {live.live_cpu_s.mean():.0f} CPU s ({len(live)} timed, "
+                            f"{int(live.same.sum())} same pick)")
+                lines.append(summary_line(name, n, label, group.c10.tolist(), group.c100.tolist(), note,
                                           f"{group.replay_cpu_s.mean():.1f}"))
             if fraction == 1:
-                lines += refine_lines(args.out / "refine.jsonl", n)
+                lines += refine_lines(args.out / "refine.jsonl", n,
+                                      live.live_cpu_s.mean() if len(live) else None)
             draws = anchors(gt, macs, params, n, budget)
             lines.append(summary_line("largest #params of N random", n, label, *map(list, draws["params"])))
             lines.append(summary_line("best of N random (oracle)", n, label, *map(list, draws["oracle"])))
@@ -318,7 +329,8 @@ def main(argv: list[str] | None = None) -> dict:
                "replay CPU s", "note"]
     print_table(f"NAS-Bench-201 search quality: objective {args.objective}, 200-epoch test accuracy of the pick",
                 columns, lines, [f"scores per network: {score_seconds:.2f} CPU s ({args.objective}), from the table",
-                                 "live est. = replay CPU s + distinct networks scored x scoring CPU s"])
+                                 "live est. = replay CPU s + distinct networks scored x scoring CPU s; live = a "
+                                 "timed `run_search`, one thread"])
     (args.out / "search_quality.md").write_text(markdown_table(columns, lines) + "\n")
     result = {"objective": args.objective, "rows": rows, "live_checks": checks, "table": lines,
               "score_seconds": score_seconds,

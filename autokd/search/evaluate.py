@@ -35,6 +35,13 @@ def spec_seed(spec: ArchSpec, seed: int) -> int:
     return int.from_bytes(digest[:8], "little") & 0x7FFF_FFFF_FFFF_FFFF
 
 
+def seeded_build(space: SearchSpace, spec: ArchSpec, num_classes: int, seed: int) -> nn.Module:
+    """`spec` built with the search's init for it: the same weights whenever it is built with this seed."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(spec_seed(spec, seed))
+        return space.build(spec, num_classes)
+
+
 class CandidateEvaluator:
     """Costs and scores specs of several spaces against teacher references on fixed batches, caching by spec.
 
@@ -84,9 +91,7 @@ class CandidateEvaluator:
         if spec in self._models:
             self._models.move_to_end(spec)
             return self._models[spec]
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(spec_seed(spec, self.seed))
-            model = self.spaces[spec.space].build(spec, self.num_classes)
+        model = seeded_build(self.spaces[spec.space], spec, self.num_classes, self.seed)
         self._models[spec] = model
         while len(self._models) > 4:
             self._models.popitem(last=False)

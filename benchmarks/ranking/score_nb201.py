@@ -28,8 +28,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repository r
 from autokd.cost import Cost, count_params  # noqa: E402
 from autokd.proxies import PROXIES, score_candidate  # noqa: E402
 from autokd.search import SearchConfig, prepare  # noqa: E402
-from autokd.search.evaluate import spec_seed  # noqa: E402
-from autokd.spaces import ArchSpec, load_space  # noqa: E402
+from autokd.search.evaluate import seeded_build  # noqa: E402
+from autokd.spaces import load_space  # noqa: E402
 from autokd.spaces.nb201 import spec_from_cell  # noqa: E402
 
 SHARED = Path(__file__).resolve().parents[3] / "shared"
@@ -51,13 +51,6 @@ def sample_indices(size: int, seed: int = 0, naslib: Path = NASLIB, total: int =
     first = rng.permutation(checked).tolist()
     rest = rng.permutation(np.setdiff1d(np.arange(total), checked)).tolist()
     return [int(i) for i in (first + rest)[:size]]
-
-
-def build(space, spec: ArchSpec, num_classes: int, seed: int) -> torch.nn.Module:
-    """The network with the search's seeded init (`CandidateEvaluator.build`), for any head."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(spec_seed(spec, seed))
-        return space.build(spec, num_classes)
 
 
 def done_indices(path: Path) -> set[int]:
@@ -111,7 +104,7 @@ def main(argv: list[str] | None = None) -> None:
         for k, index in enumerate(todo):
             arch = gt.loc[index, "arch"]
             spec = spec_from_cell(arch)
-            model = build(space, spec, args.head, args.seed)
+            model = seeded_build(space, spec, args.head, args.seed)
             cost = Cost(macs=space.estimate_macs(spec, args.head), params=count_params(model))
             row: dict[str, object] = {"index": index, "arch": arch, "head": args.head}
             for name in args.proxies:  # one at a time, so that each is timed on its own

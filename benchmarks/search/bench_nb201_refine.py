@@ -197,10 +197,10 @@ def main(argv: list[str] | None = None) -> dict:
                                  *(f"live refine seed {c['seed']}: {c['live_pick']} "
                                    f"({'same' if c['same'] else 'DIFFERENT'}), {c['live_cpu_s']:.0f} CPU s"
                                    for c in checks)])
-    (args.out / "refine.md").write_text(markdown_table(columns, lines) + "\n")
+    (args.out / f"refine_n{args.trials}.md").write_text(markdown_table(columns, lines) + "\n")
     result = {"objective": DEFAULT_OBJECTIVE, "recipe": recipe_name, "rows": rows, "live_checks": checks,
               "table": lines, "machine": machine()}
-    print(f"wrote {write_json(result, args.out / 'refine.json')}")
+    print(f"wrote {write_json(result, args.out / f'refine_n{args.trials}.json')}")
     return result
 
 

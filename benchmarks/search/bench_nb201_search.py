@@ -180,7 +180,7 @@ def refine_lines(path: Path, n: int, search_cpu: float | None) -> list[list[str]
         lines.append(summary_line(f"autokd evolution + --refine {top} --refine-epochs {epochs}", n, "none",
                                   part.c10.tolist(), part.c100.tolist(),
                                   f"CPU {cost:.0f} s with the search ({part.candidate_epochs.mean():.0f} "
-                                  f"candidate-epochs of {images} images, {part.refine_seed.nunique()} refine seeds)"))
+                                  f"candidate-epochs of {images} images, {part.refine_seed.nunique()} refine seed(s))"))
     return lines
 
 

@@ -2,10 +2,11 @@
 
 Each candidate is a trial of the study `<search study>-refine`. Every surviving candidate trains one more epoch
 of one KD schedule (all together, one teacher pass per batch) and reports its held-out top-1 as the trial's
-intermediate value at that epoch; Optuna's SuccessiveHalvingPruner stops all but the best 1/eta at each rung
-(epochs min_epochs x eta^k). The test split is never read. A killed refinement resumes: the same command finds
-the study's trials and each run's last.pt, and ends as an uninterrupted one would. A candidate's initial weights
-follow from its spec and the seed, not its rank, so a network refined in two searches trains the same way.
+intermediate value at that epoch; at each rung (epochs min_epochs x eta^k) Optuna's asynchronous
+SuccessiveHalvingPruner stops a candidate outside the best 1/eta of those reported so far, in proxy-rank order.
+The test split is never read. A killed refinement resumes: the same command finds the study's trials and each
+run's last.pt, and ends as an uninterrupted one would. A candidate's initial weights follow from its spec and
+the seed, not its rank, so a network refined in two searches trains the same way.
 """
 
 from __future__ import annotations

@@ -133,22 +133,21 @@ def main(argv: list[str] | None = None) -> dict:
 
     settings = {s: parse_setting(s, args.images, args.eta) for s in args.settings.split(",")}
     refine_seeds = [int(x) for x in args.refine_seeds.split(",")]
-    rows = [{"refine_seed": 0, **r} for r in read_rows(rows_path)
-            if r["trials"] == args.trials and r["images"] == args.images]
+    rows = [r for r in read_rows(rows_path) if r["trials"] == args.trials and r["images"] == args.images]
     done = {(r["setting"], r["seed"], r["refine_seed"]) for r in rows}
     for (setting, base), refine_seed in itertools.product(settings.items(), refine_seeds):
         config = dataclasses.replace(base, seed=refine_seed)
         needed = list(dict.fromkeys(s for board, _ in boards.values()
                                     for s in board["spec_json"].drop_duplicates().head(config.top)))
         lines = [c for c in read_rows(curves_path)
-                 if c["setting"] == setting and c.get("refine_seed", 0) == refine_seed]
+                 if c["setting"] == setting and c["refine_seed"] == refine_seed]
         missing = [s for s in needed if s not in {c["spec_json"] for c in lines}]
         if missing:
             partner = next(s for s in needed if s not in missing[:1])
             train_curves(missing, partner, config, ctx, table, recipe, work / f"{setting}-{refine_seed}",
                          curves_path, setting, args.group)
             lines = [c for c in read_rows(curves_path)
-                     if c["setting"] == setting and c.get("refine_seed", 0) == refine_seed]
+                     if c["setting"] == setting and c["refine_seed"] == refine_seed]
         curves = {c["spec_json"]: [c[f"epoch{e}"] for e in range(1, config.epochs + 1)] for c in lines}
         per_epoch = float(np.mean([c["cpu_s"] for c in lines])) / config.epochs
         with rows_path.open("a") as f:

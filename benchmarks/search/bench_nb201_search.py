@@ -141,14 +141,13 @@ def nni_rows(table: dict[str, dict[str, float]], objective: str, trials: list[in
     return rows
 
 
-def live_check(objective: str, seeds: int, trials: int, folder: Path) -> list[dict]:
+def live_check(objective: str, seeds: int, trials: int, folder: Path) -> None:
     """The same searches run for real (`run_search`, scores measured), one line each in `folder`/checks.jsonl;
     a rerun skips the seeds done."""
     from autokd.search import run_search
 
     path = folder / "checks.jsonl"
-    out = [c for c in read_rows(path) if c["trials"] == trials and c["objective"] == objective]
-    done = {c["seed"] for c in out}
+    done = {c["seed"] for c in read_rows(path) if c["trials"] == trials and c["objective"] == objective}
     for seed in range(seeds):
         if seed in done:
             continue
@@ -159,18 +158,16 @@ def live_check(objective: str, seeds: int, trials: int, folder: Path) -> list[di
         live = run_search(config, progress=False)
         seconds = time.process_time() - start
         pick = cell_string(ArchSpec.from_json(live.leaderboard["spec_json"].iloc[0]))
-        out.append({"seed": seed, "trials": trials, "objective": objective, "live_pick": pick,
-                    "live_cpu_s": seconds, "threads": torch.get_num_threads()})
         with path.open("a") as f:
-            f.write(json.dumps(out[-1]) + "\n")
+            f.write(json.dumps({"seed": seed, "trials": trials, "objective": objective, "live_pick": pick,
+                                "live_cpu_s": seconds, "threads": torch.get_num_threads()}) + "\n")
         db.unlink()
-    return out
 
 
 def refine_lines(path: Path, n: int, search_cpu: float | None) -> list[list[str]]:
     """The default search's top K refined by short KD (`bench_nb201_refine.py`), one row per setting; CPU is the
     timed live search's (`search_cpu`, else the estimate) plus the refinement's."""
-    frame = pd.DataFrame([{"refine_seed": 0, **r} for r in read_rows(path)])
+    frame = pd.DataFrame(read_rows(path))
     if frame.empty or not (frame.trials == n).any():
         return []
     lines = []
